@@ -1,0 +1,50 @@
+//! # safebet-engine
+//!
+//! Conservative bandit learners as a pure library: no IO, no clocks, no threads, no global state. A
+//! [`Policy`] is a base learner (LinUCB/OFUL, LinTS, epsilon-greedy, UCB1) over a confidence model (shared
+//! linear, disjoint linear, or K arms), optionally wrapped in one safety layer that plays a non-baseline action
+//! only while, with probability at least 1 - delta, the cumulative expected reward stays at or above
+//! (1 - alpha) times the baseline's (Kazerouni et al. 2017; Wu et al. 2016; Garcelon et al. 2020).
+//!
+//! Principal types: [`PolicyConfig`] (validated once), [`Policy`] (`decide`, `observe_reward`, `expire`),
+//! [`Round`] and [`ActionSet`] (the borrowed per-round input), [`Decision`] (the action and why), and
+//! [`EngineError`]. Each policy owns its seeded random stream and serialises with serde, so a snapshot plus a
+//! replay of the same inputs reproduces its state bit for bit.
+//!
+//! ```
+//! use safebet_engine::{ActionSet, Algorithm, Layout, Policy, PolicyConfig, Round};
+//!
+//! let mut config = PolicyConfig::new(Algorithm::Clucb, Layout::Shared { dim: 2 });
+//! config.alpha = 0.1;
+//! let mut policy = Policy::new(config)?;
+//! // Two actions with two features each; action 0 is what the product does today.
+//! let features = [0.5, 0.1, 0.2, 0.9];
+//! let round = Round {
+//!     actions: ActionSet::PerAction { features: &features, num_actions: 2 },
+//!     baseline: 0,
+//!     baseline_expected_reward: None,
+//! };
+//! let decision = policy.decide(&round)?;
+//! // Nothing is known yet, so the safety layer keeps the baseline.
+//! assert!(decision.played_baseline());
+//! policy.observe_reward(decision.id, 0.4)?;
+//! # Ok::<(), safebet_engine::EngineError>(())
+//! ```
+#![deny(missing_docs)]
+
+mod actions;
+mod config;
+mod error;
+mod model;
+mod policy;
+mod ridge;
+mod safety;
+
+pub use actions::{ActionSet, Round};
+pub use config::{
+    Algorithm, BaselineReward, Constraint, Layout, MAX_ACTIONS, MAX_DIM, PendingResolution, PolicyConfig,
+};
+pub use error::{EngineError, ErrorKind};
+pub use model::anytime_width;
+pub use policy::{Decision, DecisionId, Fallback, Policy, PolicyStats, Propensity, PropensityKind};
+pub use safety::BudgetCheck;

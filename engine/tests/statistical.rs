@@ -1,0 +1,196 @@
+//! Statistical behaviour on a synthetic linear problem, measured with the true theta*: the conservative
+//! policies never break the constraint, unconstrained LinUCB does, and everyone learns.
+//!
+//! The problem makes the risk real (issue 2): centred features, so an untrained learner's picks are close to
+//! random, and a strong baseline (the 0.9-quantile action of each round).
+
+use rand::{RngExt, SeedableRng};
+use rand_distr::{Distribution, StandardNormal};
+use rand_xoshiro::Xoshiro256PlusPlus;
+use safebet_engine::{ActionSet, Algorithm, BaselineReward, Constraint, Layout, Policy, PolicyConfig, Round};
+
+const DIM: usize = 6;
+const ACTIONS: usize = 12;
+const NOISE: f64 = 0.1;
+
+/// x = (1, v) with v uniform in the unit ball of R^{d-1}; theta* = (0.5, theta') with ||theta'|| = 0.4, so
+/// mu = 0.5 + <v, theta'> lies in [0.1, 0.9] and rewards mu + U(-0.1, 0.1) lie in [0, 1].
+struct LinearProblem {
+    theta: [f64; DIM],
+    rng: Xoshiro256PlusPlus,
+    features: Vec<f64>,
+    means: Vec<f64>,
+}
+
+impl LinearProblem {
+    fn new(seed: u64) -> Self {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xC0FFEE);
+        let mut theta = [0.0; DIM];
+        theta[0] = 0.5;
+        let direction = unit(&mut rng, DIM - 1);
+        for i in 1..DIM {
+            theta[i] = 0.4 * direction[i - 1];
+        }
+        LinearProblem { theta, rng, features: vec![0.0; DIM * ACTIONS], means: vec![0.0; ACTIONS] }
+    }
+
+    /// Draws a round; returns the baseline (0.9-quantile action) index.
+    fn next_round(&mut self) -> usize {
+        for a in 0..ACTIONS {
+            let v = unit(&mut self.rng, DIM - 1);
+            let radius: f64 = self.rng.random::<f64>().powf(1.0 / (DIM - 1) as f64);
+            let x = &mut self.features[a * DIM..(a + 1) * DIM];
+            x[0] = 1.0;
+            for i in 1..DIM {
+                x[i] = radius * v[i - 1];
+            }
+            self.means[a] = x.iter().zip(&self.theta).map(|(x, t)| x * t).sum();
+        }
+        let mut order: Vec<usize> = (0..ACTIONS).collect();
+        order.sort_by(|&a, &b| self.means[a].total_cmp(&self.means[b]));
+        order[((ACTIONS - 1) as f64 * 0.9).round() as usize]
+    }
+
+    fn reward(&mut self, action: usize) -> f64 {
+        self.means[action] + self.rng.random_range(-NOISE..NOISE)
+    }
+
+    fn best(&self) -> f64 {
+        self.means.iter().copied().fold(f64::MIN, f64::max)
+    }
+}
+
+fn unit(rng: &mut Xoshiro256PlusPlus, n: usize) -> Vec<f64> {
+    let v: Vec<f64> = (0..n).map(|_| StandardNormal.sample(rng)).collect();
+    let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    v.into_iter().map(|x| x / norm).collect()
+}
+
+struct Outcome {
+    /// Whether sum mu(a_i) < (1 - alpha) sum mu(b_i) at some round (at checkpoints only, for checkpoint runs).
+    violated: bool,
+    first_violation: Option<usize>,
+    regret: f64,
+    /// Mean per-round regret over the first and the last tenth of the run.
+    early_regret: f64,
+    late_regret: f64,
+    theta_hat: Vec<f64>,
+}
+
+fn config(algorithm: Algorithm, alpha: f64, baseline: BaselineReward, seed: u64) -> PolicyConfig {
+    let mut c = PolicyConfig::new(algorithm, Layout::Shared { dim: DIM });
+    c.alpha = alpha;
+    c.delta = 0.05;
+    c.noise_scale = NOISE;
+    c.theta_norm_bound = 1.0;
+    c.feature_norm_bound = 2f64.sqrt();
+    c.baseline_reward = baseline;
+    c.seed = seed;
+    c
+}
+
+/// Runs a policy; rewards arrive `delay(t)` rounds after the decision (0 = at once).
+fn run(config: PolicyConfig, seed: u64, horizon: usize, delay: impl Fn(usize) -> usize) -> Outcome {
+    let alpha = config.alpha;
+    let checkpoint = match config.constraint {
+        Constraint::Checkpoint { every } => Some(every as usize),
+        Constraint::PerStep => None,
+    };
+    let mut policy = Policy::new(config).unwrap();
+    let mut problem = LinearProblem::new(seed);
+    let (mut learner_sum, mut baseline_sum, mut regret) = (0.0, 0.0, 0.0);
+    let mut outcome = Outcome {
+        violated: false,
+        first_violation: None,
+        regret: 0.0,
+        early_regret: 0.0,
+        late_regret: 0.0,
+        theta_hat: vec![],
+    };
+    let mut arrivals: Vec<Vec<(u64, f64)>> = vec![Vec::new(); horizon + 1];
+    let tenth = horizon / 10;
+    for t in 0..horizon {
+        let baseline = problem.next_round();
+        let round = Round {
+            actions: ActionSet::PerAction { features: &problem.features, num_actions: ACTIONS },
+            baseline,
+            baseline_expected_reward: Some(problem.means[baseline]),
+        };
+        let decision = policy.decide(&round).unwrap();
+        let step_regret = problem.best() - problem.means[decision.action];
+        regret += step_regret;
+        if t < tenth {
+            outcome.early_regret += step_regret / tenth as f64;
+        } else if t >= horizon - tenth {
+            outcome.late_regret += step_regret / tenth as f64;
+        }
+        learner_sum += problem.means[decision.action];
+        baseline_sum += problem.means[baseline];
+        let enforced = checkpoint.is_none_or(|every| (t + 1) % every == 0);
+        if enforced && learner_sum < (1.0 - alpha) * baseline_sum - 1e-12 {
+            outcome.violated = true;
+            outcome.first_violation.get_or_insert(t + 1);
+        }
+        let reward = problem.reward(decision.action);
+        let arrival = (t + delay(t)).min(horizon);
+        arrivals[arrival].push((decision.id, reward));
+        for (id, r) in std::mem::take(&mut arrivals[t]) {
+            policy.observe_reward(id, r).unwrap();
+        }
+    }
+    for (id, r) in std::mem::take(&mut arrivals[horizon]) {
+        policy.observe_reward(id, r).unwrap();
+    }
+    outcome.regret = regret;
+    outcome.theta_hat = policy.theta_hat();
+    outcome
+}
+
+const SEEDS: u64 = 100;
+const HORIZON: usize = 3000;
+
+fn run_seeds(algorithm: Algorithm, alpha: f64, baseline: BaselineReward) -> Vec<Outcome> {
+    (0..SEEDS).map(|seed| run(config(algorithm, alpha, baseline, seed), seed, HORIZON, |_| 0)).collect()
+}
+
+fn mean(xs: impl Iterator<Item = f64>) -> f64 {
+    let v: Vec<f64> = xs.collect();
+    v.iter().sum::<f64>() / v.len() as f64
+}
+
+#[test]
+fn conservative_policies_never_violate_and_learn() {
+    for algorithm in [Algorithm::Clucb, Algorithm::Clucb2] {
+        for baseline in [BaselineReward::Known, BaselineReward::Unknown] {
+            let outcomes = run_seeds(algorithm, 0.05, baseline);
+            let violations = outcomes.iter().filter(|o| o.violated).count();
+            assert_eq!(violations, 0, "{algorithm:?} with {baseline:?} baseline broke the constraint");
+            let early = mean(outcomes.iter().map(|o| o.early_regret));
+            let late = mean(outcomes.iter().map(|o| o.late_regret));
+            eprintln!(
+                "{algorithm:?}/{baseline:?}: regret {:.1}, per-round early {early:.4} late {late:.4}",
+                mean(outcomes.iter().map(|o| o.regret))
+            );
+            assert!(late < 0.8 * early, "{algorithm:?}/{baseline:?} did not learn: early {early}, late {late}");
+        }
+    }
+}
+
+#[test]
+fn unconstrained_linucb_violates_early_in_most_seeds() {
+    let outcomes = run_seeds(Algorithm::Linucb, 0.05, BaselineReward::Unknown);
+    let violated = outcomes.iter().filter(|o| o.violated).count();
+    let early = outcomes.iter().filter(|o| o.first_violation.is_some_and(|t| t <= 100)).count();
+    eprintln!("LinUCB: {violated}/{SEEDS} seeds violate, {early} within 100 rounds");
+    assert!(early as f64 > 0.75 * SEEDS as f64, "only {early} of {SEEDS} seeds violated within 100 rounds");
+}
+
+#[test]
+fn clucb2_regret_is_not_above_clucb() {
+    for baseline in [BaselineReward::Known, BaselineReward::Unknown] {
+        let clucb = mean(run_seeds(Algorithm::Clucb, 0.05, baseline).iter().map(|o| o.regret));
+        let clucb2 = mean(run_seeds(Algorithm::Clucb2, 0.05, baseline).iter().map(|o| o.regret));
+        eprintln!("{baseline:?}: CLUCB {clucb:.1} vs CLUCB2 {clucb2:.1}");
+        assert!(clucb2 <= clucb, "{baseline:?}: CLUCB2 regret {clucb2} above CLUCB's {clucb}");
+    }
+}

@@ -1,0 +1,28 @@
+//! Subcommands of the `safebet` binary. Each lives in its own module and stays thin.
+
+use clap::{Parser, Subcommand};
+
+/// safebet: learn a better policy online without ever doing worse than the baseline you run today.
+///
+/// Conservative bandit learners (CLUCB, CLUCB2, conservative UCB) explore only while, with probability at
+/// least 1 - delta, their cumulative reward stays at or above (1 - alpha) times the baseline's, at every round.
+#[derive(Debug, Parser)]
+#[command(name = "safebet", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check a policy configuration file and print it with defaults filled in.
+    Validate(validate::ValidateArgs),
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Validate(args) => validate::run(args),
+    }
+}
+
+mod validate;
