@@ -106,8 +106,9 @@ pub(crate) fn finite(what: &'static str, value: f64) -> Result<f64, EngineError>
 
 /// Checks that every value of a slice is finite.
 pub(crate) fn all_finite(what: &'static str, values: &[f64]) -> Result<(), EngineError> {
-    match values.iter().find(|v| !v.is_finite()) {
-        Some(&value) => Err(EngineError::NonFinite { what, value }),
-        None => Ok(()),
+    if crate::linalg::all_finite(values) {
+        return Ok(());
     }
+    let value = values.iter().copied().find(|v| !v.is_finite()).unwrap_or(f64::NAN);
+    Err(EngineError::NonFinite { what, value })
 }

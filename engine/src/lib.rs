@@ -35,6 +35,7 @@
 mod actions;
 mod config;
 mod error;
+mod linalg;
 mod model;
 mod policy;
 mod ridge;

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::MAX_ACTIONS;
 use crate::error::all_finite;
+use crate::linalg::{axpy, dot, dots_against, means_and_quads};
 use crate::ridge::{HISTORY_VECTORS, RidgeState};
 use crate::{ActionSet, Algorithm, EngineError, Layout, PolicyConfig};
 
@@ -36,8 +37,12 @@ pub(crate) struct RoundValues {
     /// Safety ledger support: combined history terms, filled by `prepare_history`.
     history_mean: f64,
     history_quad: f64,
-    /// x_a . V^-1 h for each action (linear models) .
+    /// x_a . V^-1 h for each action (linear models).
     cross: Vec<f64>,
+    /// x_a . V^-1 x_a for each action (linear models).
+    quad: Vec<f64>,
+    /// x_a . V^-1 x_b for the round's baseline b (shared model, unknown baseline rewards).
+    coupling: Vec<f64>,
 }
 
 impl RoundValues {
@@ -48,6 +53,8 @@ impl RoundValues {
         self.index.resize(k, 0.0);
         self.cross.clear();
         self.cross.resize(k, 0.0);
+        self.quad.clear();
+        self.quad.resize(k, 0.0);
     }
 }
 
@@ -150,10 +157,17 @@ impl Model {
         }
     }
 
-    /// Prepares lower bounds on <theta, h + x_a - c x_b> where h = sum_k weights[k] * history_k.
-    pub(crate) fn prepare_history(&mut self, actions: &ActionSet<'_>, weights: [f64; 3], out: &mut RoundValues) {
+    /// Prepares lower bounds on <theta, h + x_a - c x_b> where h = sum_k weights[k] * history_k and b is the
+    /// round's baseline.
+    pub(crate) fn prepare_history(
+        &mut self,
+        actions: &ActionSet<'_>,
+        weights: [f64; 3],
+        baseline: usize,
+        out: &mut RoundValues,
+    ) {
         match self {
-            Model::Shared(m) => m.prepare_history(features_of(actions), weights, out),
+            Model::Shared(m) => m.prepare_history(features_of(actions), weights, baseline, out),
             Model::Disjoint(m) => m.prepare_history(context_of(actions), weights, out),
             Model::Arms(m) => m.prepare_history(weights, out),
         }
@@ -162,14 +176,13 @@ impl Model {
     /// Lower confidence bound of <theta, h + x_a - c_b x_b>, after `prepare_history`.
     pub(crate) fn history_lower_bound(
         &self,
-        actions: &ActionSet<'_>,
         values: &RoundValues,
         action: usize,
         baseline: usize,
         baseline_weight: f64,
     ) -> f64 {
         match self {
-            Model::Shared(m) => m.history_lower_bound(features_of(actions), values, action, baseline, baseline_weight),
+            Model::Shared(m) => m.history_lower_bound(values, action, baseline, baseline_weight),
             Model::Disjoint(m) => m.history_lower_bound(values, action, baseline, baseline_weight),
             Model::Arms(m) => m.history_lower_bound(action, baseline, baseline_weight),
         }
@@ -330,17 +343,14 @@ impl SharedLinear {
         s.u.gemm(1.0, self.ridge.gram_inv(), &x, 0.0);
         self.beta = self.ridge.radius(self.radius.noise_scale, self.radius.theta_norm_bound, self.radius.delta);
         let width_scale = self.radius.fixed_scale.unwrap_or(self.beta);
-        let theta = self.ridge.theta();
+        means_and_quads(features, s.u.as_slice(), self.ridge.theta().as_slice(), &mut out.means, &mut out.quad);
         for a in 0..k {
-            let xa = x.column(a);
-            let mean = xa.dot(theta);
-            let quad = xa.dot(&s.u.column(a)).max(0.0);
-            out.means[a] = mean;
-            out.index[a] = mean + width_scale * quad.sqrt();
+            out.quad[a] = out.quad[a].max(0.0);
+            out.index[a] = out.means[a] + width_scale * out.quad[a].sqrt();
         }
     }
 
-    fn prepare_history(&mut self, features: &[f64], weights: [f64; 3], out: &mut RoundValues) {
+    fn prepare_history(&mut self, features: &[f64], weights: [f64; 3], baseline: usize, out: &mut RoundValues) {
         let d = self.ridge.dim();
         let s = &mut self.scratch;
         if s.image.len() != d {
@@ -351,32 +361,25 @@ impl SharedLinear {
         s.combined.fill(0.0);
         for (k, &w) in weights.iter().enumerate().take(HISTORY_VECTORS) {
             if w != 0.0 {
-                s.combined.axpy(w, self.ridge.history(k), 1.0);
-                s.image.axpy(w, self.ridge.history_image(k), 1.0);
+                axpy(w, self.ridge.history(k).as_slice(), s.combined.as_mut_slice());
+                axpy(w, self.ridge.history_image(k).as_slice(), s.image.as_mut_slice());
             }
         }
-        out.history_mean = s.combined.dot(self.ridge.theta());
-        out.history_quad = s.combined.dot(&s.image);
-        let k = out.means.len();
-        let x = DMatrixView::from_slice(features, d, k);
-        for a in 0..k {
-            out.cross[a] = x.column(a).dot(&s.image);
-        }
+        out.history_mean = dot(s.combined.as_slice(), self.ridge.theta().as_slice());
+        out.history_quad = dot(s.combined.as_slice(), s.image.as_slice());
+        let ub = &s.u.as_slice()[baseline * d..(baseline + 1) * d];
+        out.coupling.resize(out.means.len(), 0.0);
+        dots_against(features, s.image.as_slice(), ub, &mut out.cross, &mut out.coupling);
     }
 
-    fn history_lower_bound(&self, features: &[f64], v: &RoundValues, a: usize, b: usize, c: f64) -> f64 {
-        let d = self.ridge.dim();
-        let x = DMatrixView::from_slice(features, d, v.means.len());
-        let u = &self.scratch.u;
-        let quad_a = x.column(a).dot(&u.column(a));
+    fn history_lower_bound(&self, v: &RoundValues, a: usize, b: usize, c: f64) -> f64 {
         let (mean, quad) = if c == 0.0 {
-            (v.history_mean + v.means[a], v.history_quad + 2.0 * v.cross[a] + quad_a)
+            (v.history_mean + v.means[a], v.history_quad + 2.0 * v.cross[a] + v.quad[a])
         } else {
-            let quad_b = x.column(b).dot(&u.column(b));
-            let coupling = x.column(a).dot(&u.column(b));
             (
                 v.history_mean + v.means[a] - c * v.means[b],
-                v.history_quad + 2.0 * (v.cross[a] - c * v.cross[b]) + quad_a - 2.0 * c * coupling + c * c * quad_b,
+                v.history_quad + 2.0 * (v.cross[a] - c * v.cross[b]) + v.quad[a] - 2.0 * c * v.coupling[a]
+                    + c * c * v.quad[b],
             )
         };
         mean - self.beta * quad.max(0.0).sqrt()

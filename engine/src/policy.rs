@@ -279,9 +279,13 @@ impl Policy {
         let action = match &self.ledger {
             None => proposal,
             Some(ledger) => {
-                self.model.prepare_history(actions, ledger.history_weights(), &mut s.values);
-                for a in (0..k).filter(|&a| a != b) {
-                    let check = ledger.check(&self.model, actions, &s.values, a, b, baseline_mean);
+                self.model.prepare_history(actions, ledger.history_weights(), b, &mut s.values);
+                // CLUCB with a deterministic proposer only ever needs the proposal's check; CLUCB2 and
+                // stochastic proposers (whose propensity depends on every action's check) need them all.
+                let check_all =
+                    ledger.rule == SafetyRule::BestPassing || !matches!(self.proposer, Proposer::Optimistic);
+                for a in (0..k).filter(|&a| a != b && (check_all || a == proposal)) {
+                    let check = ledger.check(&self.model, &s.values, a, b, baseline_mean);
                     s.passes[a] = check.margin >= 0.0;
                     s.checks[a] = Some(check);
                 }

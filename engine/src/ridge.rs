@@ -5,8 +5,10 @@
 //! their images V^-1 h_k, so that a lower confidence bound on <theta, h_k + x> costs O(d) instead of O(d^2)
 //! per candidate (see NOTES: keeping w = V^-1 z current makes CLUCB cost about what LinUCB costs).
 
-use nalgebra::{DMatrix, DMatrixView, DVector};
+use nalgebra::{DMatrix, DVector};
 use serde::{Deserialize, Serialize};
+
+use crate::linalg::{axpy, dot, gemv, rank_one_update, rank_one_update_lower};
 
 /// Number of history vectors tracked (see `crate::safety::History`).
 pub(crate) const HISTORY_VECTORS: usize = 3;
@@ -15,7 +17,8 @@ pub(crate) const HISTORY_VECTORS: usize = 3;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct RidgeState {
     lambda: f64,
-    /// V = lambda I + sum x x^T, kept so that V^-1 can be re-factored exactly.
+    /// V = lambda I + sum x x^T, kept so that V^-1 can be re-factored exactly. Only its lower triangle is
+    /// maintained: Cholesky reads nothing else.
     gram: DMatrix<f64>,
     /// V^-1, kept by Sherman-Morrison.
     gram_inv: DMatrix<f64>,
@@ -90,30 +93,29 @@ impl RidgeState {
 
     /// Adds the observation (x, r): O(d^2), no allocation.
     pub(crate) fn observe(&mut self, x: &[f64], reward: f64, refactor_every: u32) {
-        let x = DMatrixView::from_slice(x, x.len(), 1);
-        let x = x.column(0);
-        if self.scratch.len() != self.dim() {
-            self.scratch = DVector::zeros(self.dim());
+        let d = self.dim();
+        if self.scratch.len() != d {
+            self.scratch = DVector::zeros(d);
         }
-        self.scratch.gemv(1.0, &self.gram_inv, &x, 0.0);
-        let mut s = 1.0 + x.dot(&self.scratch);
+        gemv(self.gram_inv.as_slice(), x, self.scratch.as_mut_slice());
+        let mut s = 1.0 + dot(x, self.scratch.as_slice());
         // V^-1 is positive definite, so s >= 1 exactly; anything else means rounding has crept in.
         if !(s.is_finite() && s >= 1.0 - 1e-9) {
             self.refactor();
-            self.scratch.gemv(1.0, &self.gram_inv, &x, 0.0);
-            s = 1.0 + x.dot(&self.scratch);
+            gemv(self.gram_inv.as_slice(), x, self.scratch.as_mut_slice());
+            s = 1.0 + dot(x, self.scratch.as_slice());
         }
-        let u = &self.scratch;
-        let prediction = x.dot(&self.theta);
-        self.theta.axpy((reward - prediction) / s, u, 1.0);
-        self.gram_inv.ger(-1.0 / s, u, u, 1.0);
-        self.gram.ger(1.0, &x, &x, 1.0);
-        self.response.axpy(reward, &x, 1.0);
+        let u = self.scratch.as_slice();
+        let prediction = dot(x, self.theta.as_slice());
+        axpy((reward - prediction) / s, u, self.theta.as_mut_slice());
+        rank_one_update(self.gram_inv.as_mut_slice(), -1.0 / s, u);
+        rank_one_update_lower(self.gram.as_mut_slice(), 1.0, x);
+        axpy(reward, x, self.response.as_mut_slice());
         self.ln_det += s.ln();
         for k in 0..HISTORY_VECTORS {
-            let coupling = u.dot(&self.history[k]);
+            let coupling = dot(u, self.history[k].as_slice());
             if coupling != 0.0 {
-                self.history_image[k].axpy(-coupling / s, u, 1.0);
+                axpy(-coupling / s, u, self.history_image[k].as_mut_slice());
             }
         }
         self.observations += 1;

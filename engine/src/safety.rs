@@ -122,13 +122,12 @@ impl BudgetLedger {
     pub(crate) fn check(
         &self,
         model: &Model,
-        actions: &ActionSet<'_>,
         values: &RoundValues,
         action: usize,
         baseline: usize,
         baseline_mean: Option<f64>,
     ) -> BudgetCheck {
-        let learned = model.history_lower_bound(actions, values, action, baseline, self.baseline_weight());
+        let learned = model.history_lower_bound(values, action, baseline, self.baseline_weight());
         let (lower_bound, required) = match baseline_mean {
             Some(mu_b) if self.baseline == BaselineReward::Known => (
                 learned + self.baseline_banked + self.checkpoint_slack(),
