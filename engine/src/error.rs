@@ -69,6 +69,38 @@ pub enum EngineError {
     /// No decision with this id was ever made by this policy.
     #[error("unknown decision {0}")]
     UnknownDecision(DecisionId),
+    /// An episodic call needs a running episode and there is none.
+    #[error("no episode is running: start one first")]
+    EpisodeNotStarted,
+    /// An episode is already running.
+    #[error("episode {0} is still running: end it first")]
+    EpisodeInProgress(u64),
+    /// Steps of an episode must come in order 0, 1, ..., H - 1.
+    #[error("step {got} is out of order: expected step {expected} (horizon {horizon})")]
+    StepOutOfOrder {
+        /// The step the episode is at.
+        expected: usize,
+        /// The step given.
+        got: usize,
+        /// The horizon H.
+        horizon: usize,
+    },
+    /// The action reported is not the one the driving policy chose.
+    #[error("action {got} is not the action the driving policy chose ({expected})")]
+    ActionMismatch {
+        /// The policy's action.
+        expected: usize,
+        /// The action reported.
+        got: usize,
+    },
+    /// The first state of an episode is not the declared start state.
+    #[error("episodes start in state {expected}, got {got}")]
+    UnexpectedStartState {
+        /// The declared start state.
+        expected: usize,
+        /// The state given.
+        got: usize,
+    },
     /// The decision's reward was already applied (or it expired): a reward is never applied twice.
     #[error("decision {0} is already resolved: its reward was applied or it expired")]
     AlreadyResolved(DecisionId),

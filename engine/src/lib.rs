@@ -39,6 +39,7 @@ mod linalg;
 mod model;
 mod policy;
 mod ridge;
+pub mod rl;
 mod safety;
 
 pub use actions::{ActionSet, Round};
@@ -48,4 +49,8 @@ pub use config::{
 pub use error::{EngineError, ErrorKind};
 pub use model::anytime_width;
 pub use policy::{Decision, DecisionId, Fallback, Policy, PolicyStats, Propensity, PropensityKind};
+pub use rl::{
+    Driver, EpisodePlan, EpisodeSummary, EpisodicConfig, EpisodicLearner, EpisodicStats, RlAlgorithm, StartState,
+    TabularMdp, evaluate_policy, optimal_policy,
+};
 pub use safety::BudgetCheck;
