@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::MAX_ACTIONS;
 use crate::error::all_finite;
-use crate::linalg::{axpy, dot, dots_against, means_and_quads};
+use crate::linalg::{axpy, dot, dots_against, gemv, means_and_quads};
 use crate::ridge::{HISTORY_VECTORS, RidgeState};
 use crate::{ActionSet, Algorithm, EngineError, Layout, PolicyConfig};
 
@@ -258,17 +258,16 @@ impl Model {
                 let s = &mut m.scratch;
                 sample_gaussian(m.ridge.theta(), &s.chol[0], scale, rng, &mut s.normal, &mut s.sample);
                 let d = m.ridge.dim();
-                let x = DMatrixView::from_slice(features_of(actions), d, scores.len());
-                for (a, score) in scores.iter_mut().enumerate() {
-                    *score = x.column(a).dot(&s.sample);
+                for (score, xa) in scores.iter_mut().zip(features_of(actions).chunks_exact(d)) {
+                    *score = dot(xa, s.sample.as_slice());
                 }
             }
             Model::Disjoint(m) => {
                 let s = &mut m.scratch;
-                let c = DMatrixView::from_slice(context_of(actions), m.blocks[0].dim(), 1);
+                let context = context_of(actions);
                 for (a, score) in scores.iter_mut().enumerate() {
                     sample_gaussian(m.blocks[a].theta(), &s.chol[a], scale, rng, &mut s.normal, &mut s.sample);
-                    *score = c.column(0).dot(&s.sample);
+                    *score = dot(context, s.sample.as_slice());
                 }
             }
             Model::Arms(_) => unreachable!("validated: Thompson sampling needs a linear layout"),
@@ -416,19 +415,17 @@ struct DisjointScratch {
 impl DisjointLinear {
     fn prepare(&mut self, context: &[f64], out: &mut RoundValues) {
         let (k, d) = (self.blocks.len(), self.blocks[0].dim());
-        let c = DMatrixView::from_slice(context, d, 1);
         let s = &mut self.scratch;
         if s.u.shape() != (d, k) {
             s.u = DMatrix::zeros(d, k);
         }
         s.quad.resize(k, 0.0);
         s.beta.resize(k, 0.0);
-        for (a, block) in self.blocks.iter().enumerate() {
-            let mut ua = s.u.column_mut(a);
-            ua.gemv(1.0, block.gram_inv(), &c.column(0), 0.0);
-            let quad = c.column(0).dot(&ua).max(0.0);
+        for (a, (block, ua)) in self.blocks.iter().zip(s.u.as_mut_slice().chunks_exact_mut(d)).enumerate() {
+            gemv(block.gram_inv().as_slice(), context, ua);
+            let quad = dot(context, ua).max(0.0);
             let beta = block.radius(self.radius.noise_scale, self.radius.theta_norm_bound, self.radius.delta);
-            let mean = c.column(0).dot(block.theta());
+            let mean = dot(context, block.theta().as_slice());
             s.quad[a] = quad;
             s.beta[a] = beta;
             out.means[a] = mean;
@@ -450,11 +447,12 @@ impl DisjointLinear {
                 if wi == 0.0 {
                     continue;
                 }
-                mean += wi * block.history(i).dot(block.theta());
-                cross += wi * context.iter().zip(block.history_image(i).iter()).map(|(x, g)| x * g).sum::<f64>();
+                let history = block.history(i).as_slice();
+                mean += wi * dot(history, block.theta().as_slice());
+                cross += wi * dot(context, block.history_image(i).as_slice());
                 for (j, &wj) in weights.iter().enumerate() {
                     if wj != 0.0 {
-                        quad += wi * wj * block.history(i).dot(block.history_image(j));
+                        quad += wi * wj * dot(history, block.history_image(j).as_slice());
                     }
                 }
             }
@@ -641,8 +639,10 @@ fn sample_gaussian<R: Rng + ?Sized>(
     for z in normal.iter_mut() {
         *z = StandardNormal.sample(rng);
     }
-    sample.copy_from(theta);
-    sample.gemv(scale, chol, normal, 1.0);
+    gemv(chol.as_slice(), normal.as_slice(), sample.as_mut_slice());
+    for (x, t) in sample.iter_mut().zip(theta.iter()) {
+        *x = t + scale * *x;
+    }
 }
 
 #[cfg(test)]
