@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::EngineError;
+pub use crate::ridge::RadiusForm;
 
 /// Which learner runs, and whether a safety rule guards it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -142,9 +143,12 @@ pub struct PolicyConfig {
     /// S: an upper bound on the norm of the true parameter.
     #[serde(default = "defaults::one")]
     pub theta_norm_bound: f64,
-    /// L: an upper bound on feature norms (used by the worst-case radius and to reject outliers).
+    /// L: an upper bound on feature norms, used by the worst-case radius.
     #[serde(default = "defaults::one")]
     pub feature_norm_bound: f64,
+    /// Which form of the confidence radius beta_t(delta) to use.
+    #[serde(default)]
+    pub radius_form: RadiusForm,
     /// A fixed exploration scale in place of the theoretical radius beta_t. NO safety guarantee holds with
     /// it, so conservative algorithms refuse it.
     #[serde(default)]
@@ -225,6 +229,7 @@ impl PolicyConfig {
             noise_scale: defaults::noise_scale(),
             theta_norm_bound: defaults::one(),
             feature_norm_bound: defaults::one(),
+            radius_form: RadiusForm::Determinant,
             exploration_scale: None,
             baseline_reward: BaselineReward::Unknown,
             constraint: Constraint::PerStep,

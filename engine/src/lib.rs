@@ -44,7 +44,7 @@ mod safety;
 
 pub use actions::{ActionSet, Round};
 pub use config::{
-    Algorithm, BaselineReward, Constraint, Layout, MAX_ACTIONS, MAX_DIM, PendingResolution, PolicyConfig,
+    Algorithm, BaselineReward, Constraint, Layout, MAX_ACTIONS, MAX_DIM, PendingResolution, PolicyConfig, RadiusForm,
 };
 pub use error::{EngineError, ErrorKind};
 pub use model::anytime_width;

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::MAX_ACTIONS;
 use crate::error::all_finite;
 use crate::linalg::{axpy, dot, dots_against, gemv, means_and_quads};
-use crate::ridge::{HISTORY_VECTORS, RidgeState};
+use crate::ridge::{HISTORY_VECTORS, RadiusParams, RidgeState};
 use crate::{ActionSet, Algorithm, EngineError, Layout, PolicyConfig};
 
 /// A model plus the per-round values it computed in `prepare` (not serialised: recomputed every round).
@@ -61,9 +61,7 @@ impl RoundValues {
 /// How wide the optimistic index is.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub(crate) struct Radius {
-    pub noise_scale: f64,
-    pub theta_norm_bound: f64,
-    pub delta: f64,
+    pub confidence: RadiusParams,
     /// Some(c): a fixed scale instead of beta_t, with no guarantee.
     pub fixed_scale: Option<f64>,
     pub mean_range: [f64; 2],
@@ -73,9 +71,13 @@ pub(crate) struct Radius {
 impl Model {
     pub(crate) fn new(config: &PolicyConfig) -> Self {
         let radius = Radius {
-            noise_scale: config.noise_scale,
-            theta_norm_bound: config.theta_norm_bound,
-            delta: config.delta,
+            confidence: RadiusParams {
+                noise_scale: config.noise_scale,
+                theta_norm_bound: config.theta_norm_bound,
+                feature_norm_bound: config.feature_norm_bound,
+                delta: config.delta,
+                form: config.radius_form,
+            },
             fixed_scale: config.exploration_scale,
             mean_range: config.mean_range(),
             reward_width: config.reward_range[1] - config.reward_range[0],
@@ -90,7 +92,10 @@ impl Model {
             }),
             Layout::Disjoint { dim, actions } => Model::Disjoint(DisjointLinear {
                 blocks: (0..actions).map(|_| RidgeState::new(dim, config.lambda)).collect(),
-                radius: Radius { delta: config.delta / actions as f64, ..radius },
+                radius: Radius {
+                    confidence: RadiusParams { delta: config.delta / actions as f64, ..radius.confidence },
+                    ..radius
+                },
                 refactor_every: config.refactor_every,
                 scratch: DisjointScratch::default(),
             }),
@@ -340,7 +345,7 @@ impl SharedLinear {
             s.u = DMatrix::zeros(d, k);
         }
         s.u.gemm(1.0, self.ridge.gram_inv(), &x, 0.0);
-        self.beta = self.ridge.radius(self.radius.noise_scale, self.radius.theta_norm_bound, self.radius.delta);
+        self.beta = self.ridge.radius(&self.radius.confidence);
         let width_scale = self.radius.fixed_scale.unwrap_or(self.beta);
         means_and_quads(features, s.u.as_slice(), self.ridge.theta().as_slice(), &mut out.means, &mut out.quad);
         for a in 0..k {
@@ -424,7 +429,7 @@ impl DisjointLinear {
         for (a, (block, ua)) in self.blocks.iter().zip(s.u.as_mut_slice().chunks_exact_mut(d)).enumerate() {
             gemv(block.gram_inv().as_slice(), context, ua);
             let quad = dot(context, ua).max(0.0);
-            let beta = block.radius(self.radius.noise_scale, self.radius.theta_norm_bound, self.radius.delta);
+            let beta = block.radius(&self.radius.confidence);
             let mean = dot(context, block.theta().as_slice());
             s.quad[a] = quad;
             s.beta[a] = beta;
@@ -544,7 +549,9 @@ impl Arms {
                     let scale = self.radius.fixed_scale.unwrap_or(self.radius.reward_width);
                     scale * (2.0 * (total as f64).ln() / n as f64).sqrt()
                 }
-                ArmIndex::Anytime => anytime_width(k, self.radius.delta, self.radius.noise_scale, n),
+                ArmIndex::Anytime => {
+                    anytime_width(k, self.radius.confidence.delta, self.radius.confidence.noise_scale, n)
+                }
             };
             out.means[a] = mean;
             out.index[a] = mean + width;

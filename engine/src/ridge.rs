@@ -10,6 +10,27 @@ use serde::{Deserialize, Serialize};
 
 use crate::linalg::{axpy, dot, gemv, rank_one_update, rank_one_update_lower};
 
+/// Which form of the confidence radius to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RadiusForm {
+    /// The data-dependent form with ln det V: never larger than the worst case, the default.
+    #[default]
+    Determinant,
+    /// The worst-case form that uses the feature norm bound L and the number of observations.
+    WorstCase,
+}
+
+/// What the confidence radius depends on besides the data.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub(crate) struct RadiusParams {
+    pub noise_scale: f64,
+    pub theta_norm_bound: f64,
+    pub feature_norm_bound: f64,
+    pub delta: f64,
+    pub form: RadiusForm,
+}
+
 /// Number of history vectors tracked (see `crate::safety::History`).
 pub(crate) const HISTORY_VECTORS: usize = 3;
 
@@ -83,12 +104,23 @@ impl RidgeState {
         &self.history_image[k]
     }
 
-    /// beta_t(delta) = R sqrt(2 ln(1/delta) + ln(det V / lambda^d)) + sqrt(lambda) S
-    /// (Abbasi-Yadkori et al. 2011, Theorem 2).
-    pub(crate) fn radius(&self, noise_scale: f64, theta_norm_bound: f64, delta: f64) -> f64 {
+    /// The confidence radius beta_t(delta) of Abbasi-Yadkori et al. (2011, Theorem 2):
+    /// R sqrt(2 ln(1/delta) + ln(det V / lambda^d)) + sqrt(lambda) S, or its data-free upper bound
+    /// R sqrt(d ln((1 + n L^2 / lambda) / delta)) + sqrt(lambda) S.
+    pub(crate) fn radius(&self, params: &RadiusParams) -> f64 {
         let d = self.dim() as f64;
-        let log_ratio = (self.ln_det - d * self.lambda.ln()).max(0.0);
-        noise_scale * (2.0 * (1.0 / delta).ln() + log_ratio).sqrt() + self.lambda.sqrt() * theta_norm_bound
+        let width = match params.form {
+            RadiusForm::Determinant => {
+                let log_ratio = (self.ln_det - d * self.lambda.ln()).max(0.0);
+                (2.0 * (1.0 / params.delta).ln() + log_ratio).sqrt()
+            }
+            RadiusForm::WorstCase => {
+                let n = self.observations as f64;
+                let l2 = params.feature_norm_bound * params.feature_norm_bound;
+                (d * ((1.0 + n * l2 / self.lambda) / params.delta).ln()).sqrt()
+            }
+        };
+        params.noise_scale * width + self.lambda.sqrt() * params.theta_norm_bound
     }
 
     /// Adds the observation (x, r): O(d^2), no allocation.
@@ -211,6 +243,45 @@ mod tests {
         }
     }
 
+    proptest! {
+        /// ALGORITHMS.md Section 5: with unknown baseline rewards we bound the one vector
+        /// v = z + alpha w - (1 - alpha) y, where the paper bounds the three sums separately. Both are valid
+        /// (every theta in the ellipsoid satisfies them) and the single-vector bound is never looser, so it is
+        /// the one the safety layer keeps.
+        #[test]
+        fn single_vector_bound_is_valid_and_never_looser_than_separate_sums(
+            data in observations(3),
+            z in prop::collection::vec(-3.0f64..3.0, 3),
+            w in prop::collection::vec(-3.0f64..3.0, 3),
+            y in prop::collection::vec(-3.0f64..3.0, 3),
+            alpha in 0.0f64..1.0,
+            direction in prop::collection::vec(-1.0f64..1.0, 3),
+        ) {
+            let mut ridge = RidgeState::new(3, 1.0);
+            for (x, r) in &data {
+                ridge.observe(&x[..3], *r, u32::MAX);
+            }
+            let params = RadiusParams { noise_scale: 0.1, theta_norm_bound: 1.0, feature_norm_bound: 1.0, delta: 0.05, form: RadiusForm::Determinant };
+            let beta = ridge.radius(&params);
+            let inv = ridge.gram_inv().clone();
+            let norm = |v: &DVector<f64>| v.dot(&(&inv * v)).max(0.0).sqrt();
+            let (z, w, y) = (DVector::from_vec(z), DVector::from_vec(w), DVector::from_vec(y));
+            let theta = ridge.theta();
+            let v = &z + &w * alpha - &y * (1.0 - alpha);
+            let single = theta.dot(&v) - beta * norm(&v);
+            let separate = (theta.dot(&z) - beta * norm(&z)) + alpha * (theta.dot(&w) - beta * norm(&w))
+                - (1.0 - alpha) * (theta.dot(&y) + beta * norm(&y));
+            prop_assert!(single >= separate - 1e-9, "single {single} looser than separate {separate}");
+            // A parameter on the ellipsoid's boundary, theta_hat + beta V^{-1/2} u with ||u|| = 1, satisfies both.
+            let u = DVector::from_vec(direction);
+            prop_assume!(u.norm() > 1e-3);
+            let root = ridge.gram_inv().clone().cholesky().unwrap().l();
+            let on_boundary = theta + &root * (&u / u.norm()) * beta;
+            let truth = on_boundary.dot(&v);
+            prop_assert!(truth >= single - 1e-9 && truth >= separate - 1e-9);
+        }
+    }
+
     #[test]
     fn refactor_keeps_the_same_solution() {
         let mut a = RidgeState::new(3, 1.0);
@@ -227,10 +298,22 @@ mod tests {
     #[test]
     fn radius_grows_with_information_and_shrinks_with_delta() {
         let mut ridge = RidgeState::new(2, 1.0);
-        let before = ridge.radius(0.1, 1.0, 0.05);
+        let params = |delta, form| RadiusParams {
+            noise_scale: 0.1,
+            theta_norm_bound: 1.0,
+            feature_norm_bound: 1.0,
+            delta,
+            form,
+        };
+        let before = ridge.radius(&params(0.05, RadiusForm::Determinant));
         assert!((before - (0.1 * (2.0 * 20f64.ln()).sqrt() + 1.0)).abs() < 1e-12);
-        ridge.observe(&[1.0, 0.0], 1.0, 100);
-        assert!(ridge.radius(0.1, 1.0, 0.05) > before);
-        assert!(ridge.radius(0.1, 1.0, 0.01) > ridge.radius(0.1, 1.0, 0.05));
+        for i in 0..50 {
+            ridge.observe(&[(i as f64).cos(), (i as f64).sin()], 1.0, 100);
+        }
+        let after = ridge.radius(&params(0.05, RadiusForm::Determinant));
+        assert!(after > before);
+        assert!(ridge.radius(&params(0.01, RadiusForm::Determinant)) > after);
+        // The worst-case form bounds the determinant form from above (Abbasi-Yadkori et al. 2011, Lemma 10).
+        assert!(ridge.radius(&params(0.05, RadiusForm::WorstCase)) >= after);
     }
 }

@@ -1,0 +1,210 @@
+//! The `ExperimentAdmin` service: operators create and steer experiments. Every change is written to the
+//! store before it is acknowledged; if the store fails the change is undone and the call fails with
+//! UNAVAILABLE, so a rejected request changes nothing.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use safebet_proto as pb;
+use tonic::{Request, Response, Status};
+
+use crate::definition::{ExperimentDef, check_experiment_id};
+use crate::registry::{Experiment, Registry, Report};
+use crate::store::{Store, StoreError};
+use crate::ServiceError;
+
+/// Serves `safebet.v1.ExperimentAdmin`.
+pub struct AdminApi {
+    registry: Arc<Registry>,
+    store: Arc<dyn Store>,
+    /// Serialises admin changes, so that "check, write to the store, apply" never interleaves between two
+    /// operators (two creates of one id, a delete racing an update). Decisions never take it.
+    changes: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for AdminApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminApi").field("experiments", &self.registry.len()).finish_non_exhaustive()
+    }
+}
+
+/// Runs a blocking store call off the async workers.
+pub(crate) async fn blocking<T: Send + 'static>(
+    store: &Arc<dyn Store>,
+    call: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    let store = store.clone();
+    match tokio::task::spawn_blocking(move || call(&*store)).await {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => Err(StoreError::ShuttingDown),
+    }
+}
+
+pub(crate) fn now_unix_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+impl AdminApi {
+    /// The admin service over `registry`, persisting to `store`.
+    pub fn new(registry: Arc<Registry>, store: Arc<dyn Store>) -> Self {
+        AdminApi { registry, store, changes: tokio::sync::Mutex::new(()) }
+    }
+
+    fn experiment(&self, id: &str) -> Result<Arc<Experiment>, ServiceError> {
+        check_experiment_id(id)?;
+        self.registry.get(id)
+    }
+
+    async fn create(&self, request: pb::CreateExperimentRequest) -> Result<pb::Experiment, ServiceError> {
+        check_experiment_id(&request.id)?;
+        let spec = request.spec.ok_or_else(|| ServiceError::InvalidArgument("spec is required".into()))?;
+        let mut definition = ExperimentDef::from_spec(request.id, spec)?;
+        definition.check(self.registry.limits())?;
+        let _changes = self.changes.lock().await;
+        self.registry.check_insert(&definition.id)?;
+        definition.created_unix_ms = now_unix_ms();
+        let experiment = Arc::new(Experiment::new(definition.clone())?);
+        let saved = definition.clone();
+        blocking(&self.store, move |store| store.save_definition(&saved)).await?;
+        self.registry.insert(experiment)?;
+        tracing::info!(experiment = %definition.id, algorithm = definition.policy.algorithm.name(), "experiment created");
+        Ok(definition.to_proto())
+    }
+
+    /// Applies a change to an experiment, saves its definition, and undoes the change if saving fails.
+    async fn change<T: Copy + Send + 'static>(
+        &self,
+        id: &str,
+        apply: impl Fn(&Experiment, T) -> Result<T, ServiceError>,
+        value: T,
+    ) -> Result<pb::Experiment, ServiceError> {
+        let _changes = self.changes.lock().await;
+        let experiment = self.experiment(id)?;
+        let previous = apply(&experiment, value)?;
+        let definition = experiment.definition();
+        let saved = definition.clone();
+        if let Err(e) = blocking(&self.store, move |store| store.save_definition(&saved)).await {
+            apply(&experiment, previous)?;
+            return Err(e.into());
+        }
+        Ok(definition.to_proto())
+    }
+}
+
+fn state(paused: bool) -> i32 {
+    (if paused { pb::ExperimentState::Paused } else { pb::ExperimentState::Active }) as i32
+}
+
+fn to_report(report: Report) -> pb::ExperimentReport {
+    let Report { definition, stats, known_baseline_sum, sequence } = report;
+    pb::ExperimentReport {
+        experiment_id: definition.id,
+        state: state(definition.paused),
+        alpha: definition.policy.alpha,
+        decisions: stats.decisions,
+        rewards_received: stats.rewards.saturating_sub(stats.defaulted),
+        rewards_pending: stats.pending,
+        rewards_dropped: stats.dropped,
+        rewards_defaulted: stats.defaulted,
+        cumulative_reward: stats.reward_sum,
+        baseline_estimate: known_baseline_sum,
+        budget_margin: stats.last_margin,
+        learner_plays: stats.learner_plays,
+        baseline_plays: stats.baseline_plays,
+        budget_fallbacks: stats.budget_fallbacks,
+        forced_baseline_plays: stats.forced_plays,
+        baseline_play_share: if stats.decisions == 0 {
+            0.0
+        } else {
+            stats.baseline_plays as f64 / stats.decisions as f64
+        },
+        model_version: stats.model_version,
+        sequence,
+    }
+}
+
+#[tonic::async_trait]
+impl pb::experiment_admin_server::ExperimentAdmin for AdminApi {
+    async fn create_experiment(
+        &self,
+        request: Request<pb::CreateExperimentRequest>,
+    ) -> Result<Response<pb::Experiment>, Status> {
+        Ok(Response::new(self.create(request.into_inner()).await?))
+    }
+
+    async fn get_experiment(
+        &self,
+        request: Request<pb::GetExperimentRequest>,
+    ) -> Result<Response<pb::Experiment>, Status> {
+        let experiment = self.experiment(&request.into_inner().id)?;
+        Ok(Response::new(experiment.definition().to_proto()))
+    }
+
+    async fn list_experiments(
+        &self,
+        _request: Request<pb::ListExperimentsRequest>,
+    ) -> Result<Response<pb::ListExperimentsResponse>, Status> {
+        let experiments = self.registry.list().iter().map(|e| e.definition().to_proto()).collect();
+        Ok(Response::new(pb::ListExperimentsResponse { experiments }))
+    }
+
+    async fn update_risk_budget(
+        &self,
+        request: Request<pb::UpdateRiskBudgetRequest>,
+    ) -> Result<Response<pb::Experiment>, Status> {
+        let request = request.into_inner();
+        let alpha = match request.alpha {
+            None => return Err(ServiceError::InvalidArgument("alpha is required".into()).into()),
+            Some(alpha) if !(0.0..1.0).contains(&alpha) => {
+                return Err(ServiceError::InvalidArgument(format!("alpha must be in [0, 1), got {alpha}")).into());
+            }
+            Some(alpha) => alpha,
+        };
+        let updated = self.change(&request.id, Experiment::set_alpha, alpha).await?;
+        tracing::info!(experiment = %request.id, alpha, "risk budget updated");
+        Ok(Response::new(updated))
+    }
+
+    async fn pause_experiment(
+        &self,
+        request: Request<pb::PauseExperimentRequest>,
+    ) -> Result<Response<pb::Experiment>, Status> {
+        let id = request.into_inner().id;
+        let updated = self.change(&id, Experiment::set_paused, true).await?;
+        tracing::warn!(experiment = %id, "experiment paused: every decision plays the baseline");
+        Ok(Response::new(updated))
+    }
+
+    async fn resume_experiment(
+        &self,
+        request: Request<pb::ResumeExperimentRequest>,
+    ) -> Result<Response<pb::Experiment>, Status> {
+        let id = request.into_inner().id;
+        let updated = self.change(&id, Experiment::set_paused, false).await?;
+        tracing::info!(experiment = %id, "experiment resumed");
+        Ok(Response::new(updated))
+    }
+
+    async fn delete_experiment(
+        &self,
+        request: Request<pb::DeleteExperimentRequest>,
+    ) -> Result<Response<pb::DeleteExperimentResponse>, Status> {
+        let id = request.into_inner().id;
+        let _changes = self.changes.lock().await;
+        self.experiment(&id)?;
+        let deleted = id.clone();
+        blocking(&self.store, move |store| store.delete_experiment(&deleted)).await.map_err(ServiceError::from)?;
+        self.registry.remove(&id)?;
+        tracing::info!(experiment = %id, "experiment deleted");
+        Ok(Response::new(pb::DeleteExperimentResponse {}))
+    }
+
+    async fn get_report(
+        &self,
+        request: Request<pb::GetReportRequest>,
+    ) -> Result<Response<pb::ExperimentReport>, Status> {
+        let experiment = self.experiment(&request.into_inner().id)?;
+        Ok(Response::new(to_report(experiment.report())))
+    }
+}

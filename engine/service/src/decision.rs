@@ -1,0 +1,337 @@
+//! The `DecisionService`: checks each request against its experiment's shape and the limits, hands it to the
+//! experiment, and carries the answer back. No policy logic lives here.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use safebet_engine::{ActionSet, Fallback, Layout};
+use safebet_proto as pb;
+use safebet_proto::decide_request::{Actions, Baseline};
+use tonic::{Request, Response, Status};
+
+use crate::definition::{check_action_ids, check_experiment_id};
+use crate::error::item_error;
+use crate::limits::{Limits, MAX_EVENT_ID_LEN};
+use crate::registry::{Answer, DecideInput, Experiment, Registry};
+use crate::ServiceError;
+
+/// Serves `safebet.v1.DecisionService` from the registry.
+#[derive(Debug, Clone)]
+pub struct DecisionApi {
+    registry: Arc<Registry>,
+}
+
+impl DecisionApi {
+    /// The decision service over `registry`.
+    pub fn new(registry: Arc<Registry>) -> Self {
+        DecisionApi { registry }
+    }
+
+    fn decide_one(
+        &self,
+        request: &pb::DecideRequest,
+        cached: &mut Option<Arc<Experiment>>,
+        now: Instant,
+    ) -> Result<pb::DecideResponse, ServiceError> {
+        let limits = self.registry.limits();
+        let experiment = self.experiment(&request.experiment_id, cached)?;
+        let input = decide_input(&experiment, request, limits)?;
+        let answer = experiment.decide(&input, limits, now)?;
+        Ok(to_response(answer))
+    }
+
+    fn reward_one(
+        &self,
+        request: &pb::RewardRequest,
+        cached: &mut Option<Arc<Experiment>>,
+    ) -> Result<pb::RewardResponse, ServiceError> {
+        let experiment = self.experiment(&request.experiment_id, cached)?;
+        check_event_id("event_id", &request.event_id)?;
+        let value = match request.value {
+            None => return Err(ServiceError::InvalidArgument("value is required".into())),
+            Some(v) if !v.is_finite() => {
+                return Err(ServiceError::InvalidArgument(format!("value must be finite, got {v}")));
+            }
+            Some(v) => v,
+        };
+        let answer = experiment.reward(&request.event_id, value)?;
+        Ok(pb::RewardResponse { model_version: answer.model_version, sequence: answer.sequence })
+    }
+
+    /// Looks the experiment up, reusing the previous item's when a batch names the same one.
+    fn experiment(&self, id: &str, cached: &mut Option<Arc<Experiment>>) -> Result<Arc<Experiment>, ServiceError> {
+        if let Some(experiment) = cached
+            && experiment.id() == id
+        {
+            return Ok(experiment.clone());
+        }
+        check_experiment_id(id)?;
+        let experiment = self.registry.get(id)?;
+        *cached = Some(experiment.clone());
+        Ok(experiment)
+    }
+
+    fn check_batch(&self, what: &str, len: usize) -> Result<(), ServiceError> {
+        let max = self.registry.limits().max_batch;
+        if len > max {
+            return Err(ServiceError::ResourceExhausted(format!(
+                "batch of {len} {what} is over the limit of {max}; split it"
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl pb::decision_service_server::DecisionService for DecisionApi {
+    async fn decide(&self, request: Request<pb::DecideRequest>) -> Result<Response<pb::DecideResponse>, Status> {
+        let request = request.into_inner();
+        Ok(Response::new(self.decide_one(&request, &mut None, Instant::now())?))
+    }
+
+    async fn decide_batch(
+        &self,
+        request: Request<pb::DecideBatchRequest>,
+    ) -> Result<Response<pb::DecideBatchResponse>, Status> {
+        let request = request.into_inner();
+        self.check_batch("decisions", request.requests.len())?;
+        let now = Instant::now();
+        let mut cached = None;
+        let results = request
+            .requests
+            .iter()
+            .map(|item| pb::DecideResult {
+                outcome: Some(match self.decide_one(item, &mut cached, now) {
+                    Ok(decision) => pb::decide_result::Outcome::Decision(decision),
+                    Err(error) => pb::decide_result::Outcome::Error(item_error(error)),
+                }),
+            })
+            .collect();
+        Ok(Response::new(pb::DecideBatchResponse { results }))
+    }
+
+    async fn reward(&self, request: Request<pb::RewardRequest>) -> Result<Response<pb::RewardResponse>, Status> {
+        let request = request.into_inner();
+        Ok(Response::new(self.reward_one(&request, &mut None)?))
+    }
+
+    async fn reward_batch(
+        &self,
+        request: Request<pb::RewardBatchRequest>,
+    ) -> Result<Response<pb::RewardBatchResponse>, Status> {
+        let request = request.into_inner();
+        self.check_batch("rewards", request.rewards.len())?;
+        let mut cached = None;
+        let results = request
+            .rewards
+            .iter()
+            .map(|item| pb::RewardResult {
+                outcome: Some(match self.reward_one(item, &mut cached) {
+                    Ok(applied) => pb::reward_result::Outcome::Applied(applied),
+                    Err(error) => pb::reward_result::Outcome::Error(item_error(error)),
+                }),
+            })
+            .collect();
+        Ok(Response::new(pb::RewardBatchResponse { results }))
+    }
+}
+
+fn to_response(answer: Answer) -> pb::DecideResponse {
+    pb::DecideResponse {
+        event_id: answer.event_id,
+        action_index: answer.action as u32,
+        action_id: answer.action_id,
+        propensity: answer.propensity,
+        propensity_estimated: answer.propensity_estimated,
+        fallback: match answer.fallback {
+            Fallback::None => pb::Fallback::None,
+            Fallback::Budget => pb::Fallback::Budget,
+            Fallback::Forced => pb::Fallback::Paused,
+        } as i32,
+        played_baseline: answer.played_baseline,
+        proposed_action_index: answer.proposed_action as u32,
+        model_version: answer.model_version,
+        sequence: answer.sequence,
+    }
+}
+
+/// Checks an event id: non-empty, at most 256 bytes, no control characters.
+fn check_event_id(field: &str, id: &str) -> Result<(), ServiceError> {
+    if id.is_empty() {
+        return Err(ServiceError::InvalidArgument(format!("{field} is empty")));
+    }
+    if id.len() > MAX_EVENT_ID_LEN {
+        return Err(ServiceError::InvalidArgument(format!(
+            "{field} is {} bytes long, the limit is {MAX_EVENT_ID_LEN}",
+            id.len()
+        )));
+    }
+    if id.chars().any(char::is_control) {
+        return Err(ServiceError::InvalidArgument(format!("{field} '{}' contains control characters", id.escape_debug())));
+    }
+    Ok(())
+}
+
+fn check_finite(field: &str, values: &[f64], dim: usize) -> Result<(), ServiceError> {
+    match values.iter().position(|v| !v.is_finite()) {
+        None => Ok(()),
+        Some(i) => Err(ServiceError::InvalidArgument(format!(
+            "{field}[{i}] (action {}, feature {}) is {}: features must be finite",
+            i / dim,
+            i % dim,
+            values[i]
+        ))),
+    }
+}
+
+/// Checks a Decide request against its experiment's shape and the limits, borrowing its features.
+fn decide_input<'a>(
+    experiment: &Experiment,
+    request: &'a pb::DecideRequest,
+    limits: &Limits,
+) -> Result<DecideInput<'a>, ServiceError> {
+    let shape = experiment.shape();
+    let client_event_id = match request.client_event_id.as_str() {
+        "" => None,
+        id => {
+            check_event_id("client_event_id", id)?;
+            if id.starts_with('#') {
+                return Err(ServiceError::InvalidArgument(format!(
+                    "client_event_id '{}' starts with '#', which is reserved for server-assigned event ids",
+                    id.escape_debug()
+                )));
+            }
+            Some(id)
+        }
+    };
+    let (actions, num_actions, round_action_ids): (ActionSet<'a>, usize, &'a [String]) =
+        match (&request.actions, shape.layout) {
+            (Some(Actions::PerAction(p)), Layout::Shared { dim }) => {
+                let k = p.num_actions as usize;
+                if k == 0 {
+                    return Err(ServiceError::InvalidArgument(
+                        "per_action.num_actions is 0: a round needs at least one action".into(),
+                    ));
+                }
+                if k > limits.max_actions {
+                    return Err(ServiceError::ResourceExhausted(format!(
+                        "too many actions: per_action.num_actions is {k}, the limit is {}",
+                        limits.max_actions
+                    )));
+                }
+                let expected = k * dim;
+                if p.features.len() != expected {
+                    return Err(ServiceError::InvalidArgument(format!(
+                        "wrong dimension: per_action.features has {} values, expected num_actions x dim = {k} x {dim} \
+                         = {expected}",
+                        p.features.len()
+                    )));
+                }
+                check_finite("per_action.features", &p.features, dim)?;
+                if !p.action_ids.is_empty() {
+                    if p.action_ids.len() != k {
+                        return Err(ServiceError::InvalidArgument(format!(
+                            "per_action.action_ids has {} ids for {k} actions",
+                            p.action_ids.len()
+                        )));
+                    }
+                    check_action_ids("per_action.action_ids", &p.action_ids)?;
+                }
+                (ActionSet::PerAction { features: &p.features, num_actions: k }, k, &p.action_ids[..])
+            }
+            (Some(Actions::SharedContext(c)), Layout::Disjoint { dim, actions }) => {
+                if c.context.len() != dim {
+                    return Err(ServiceError::InvalidArgument(format!(
+                        "wrong dimension: shared_context.context has {} values, the experiment's dim is {dim}",
+                        c.context.len()
+                    )));
+                }
+                if let Some(i) = c.context.iter().position(|v| !v.is_finite()) {
+                    return Err(ServiceError::InvalidArgument(format!(
+                        "shared_context.context[{i}] is {}: features must be finite",
+                        c.context[i]
+                    )));
+                }
+                (ActionSet::SharedContext { context: &c.context }, actions, &[][..])
+            }
+            (Some(Actions::Arms(_)) | None, Layout::Arms { actions }) => (ActionSet::Arms, actions, &[][..]),
+            (given, layout) => {
+                let wanted = match layout {
+                    Layout::Shared { .. } => "per_action",
+                    Layout::Disjoint { .. } => "shared_context",
+                    Layout::Arms { .. } => "arms",
+                };
+                let message = match given {
+                    None => format!("actions are missing: experiment '{}' needs {wanted}", experiment.id()),
+                    Some(Actions::PerAction(_)) => format!(
+                        "experiment '{}' uses the {} layout: give {wanted}, not per_action",
+                        experiment.id(),
+                        layout.name()
+                    ),
+                    Some(Actions::SharedContext(_)) => format!(
+                        "experiment '{}' uses the {} layout: give {wanted}, not shared_context",
+                        experiment.id(),
+                        layout.name()
+                    ),
+                    Some(Actions::Arms(_)) => format!(
+                        "experiment '{}' uses the {} layout: give {wanted}, not arms",
+                        experiment.id(),
+                        layout.name()
+                    ),
+                };
+                return Err(if given.is_none() {
+                    ServiceError::InvalidArgument(message)
+                } else {
+                    ServiceError::FailedPrecondition(message)
+                });
+            }
+        };
+    let baseline = match &request.baseline {
+        None => {
+            return Err(ServiceError::InvalidArgument(
+                "baseline is required: set baseline_index or baseline_action_id".into(),
+            ));
+        }
+        Some(Baseline::BaselineIndex(i)) => {
+            let i = *i as usize;
+            if i >= num_actions {
+                return Err(ServiceError::InvalidArgument(format!(
+                    "baseline_index {i} is out of range: the round has {num_actions} actions"
+                )));
+            }
+            i
+        }
+        Some(Baseline::BaselineActionId(id)) => {
+            let found = if round_action_ids.is_empty() {
+                shape.fixed_action(id)
+            } else {
+                round_action_ids.iter().position(|a| a == id)
+            };
+            found.ok_or_else(|| {
+                ServiceError::InvalidArgument(format!(
+                    "baseline_action_id '{}' names no action of this round",
+                    id.escape_debug()
+                ))
+            })?
+        }
+    };
+    match request.baseline_expected_reward {
+        Some(mu) if !mu.is_finite() => {
+            return Err(ServiceError::InvalidArgument(format!("baseline_expected_reward must be finite, got {mu}")));
+        }
+        None if shape.baseline_known => {
+            return Err(ServiceError::FailedPrecondition(format!(
+                "experiment '{}' declares baseline rewards known: every Decide must give baseline_expected_reward",
+                experiment.id()
+            )));
+        }
+        _ => {}
+    }
+    Ok(DecideInput {
+        client_event_id,
+        actions,
+        baseline,
+        baseline_expected_reward: request.baseline_expected_reward,
+        round_action_ids,
+    })
+}

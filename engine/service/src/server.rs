@@ -1,0 +1,252 @@
+//! `run(listener, shutdown, options)`: the whole service on an already-bound listener until `shutdown`
+//! completes (mini-redis style), so tests bind `127.0.0.1:0` and run the real server in-process.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use safebet_proto as pb;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+
+use crate::admin::{AdminApi, blocking, now_unix_ms};
+use crate::decision::DecisionApi;
+use crate::definition::ExperimentDef;
+use crate::limits::Limits;
+use crate::registry::{Experiment, Registry};
+use crate::store::{Store, StoreError};
+use crate::ServiceError;
+
+/// HTTP/2 flow-control windows, bytes: large enough that a full batch needs no window update.
+const STREAM_WINDOW: u32 = 4 << 20;
+/// See [`STREAM_WINDOW`].
+const CONNECTION_WINDOW: u32 = 16 << 20;
+
+/// Why the server could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The store could not be read at start.
+    #[error("loading stored experiments: {0}")]
+    Store(#[from] StoreError),
+    /// A stored or declared experiment is invalid.
+    #[error("experiment definitions: {0}")]
+    Definition(#[from] ServiceError),
+    /// The transport failed.
+    #[error("gRPC transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// What the server runs with besides its listener.
+pub struct ServeOptions {
+    /// Where definitions and snapshots are kept.
+    pub store: Arc<dyn Store>,
+    /// Experiments declared in an experiments file: created if absent from the store; a stored experiment of
+    /// the same id keeps its stored state (a differing declaration is logged and ignored).
+    pub declared: Vec<ExperimentDef>,
+    /// Per-request and per-experiment limits.
+    pub limits: Limits,
+    /// How often changed experiments are snapshotted to the store (also done at graceful shutdown).
+    pub snapshot_interval: Duration,
+    /// How often overdue rewards are looked for; a timeout fires at most this late.
+    pub timeout_check_interval: Duration,
+}
+
+impl ServeOptions {
+    /// Default limits, snapshots every 30 s, timeouts checked every 50 ms.
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        ServeOptions {
+            store,
+            declared: Vec::new(),
+            limits: Limits::default(),
+            snapshot_interval: Duration::from_secs(30),
+            timeout_check_interval: Duration::from_millis(50),
+        }
+    }
+}
+
+impl std::fmt::Debug for ServeOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServeOptions")
+            .field("declared", &self.declared.len())
+            .field("limits", &self.limits)
+            .field("snapshot_interval", &self.snapshot_interval)
+            .field("timeout_check_interval", &self.timeout_check_interval)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Loads the stored experiments and adds the declared ones that are not stored yet.
+async fn load(options: &ServeOptions) -> Result<Arc<Registry>, ServeError> {
+    let registry = Arc::new(Registry::new(options.limits.clone()));
+    let stored = blocking(&options.store, |store| store.load()).await?;
+    let now = Instant::now();
+    for record in &stored {
+        let experiment = Experiment::restore(record.definition.clone(), record.snapshot.as_ref(), now)?;
+        registry.insert(Arc::new(experiment))?;
+    }
+    tracing::info!(experiments = stored.len(), "stored experiments loaded");
+    for declared in &options.declared {
+        declared.check(&options.limits)?;
+        if let Ok(existing) = registry.get(&declared.id) {
+            let mut stored = existing.definition();
+            // Alpha and the kill switch are steered at run time; creation time is the store's.
+            stored.policy.alpha = declared.policy.alpha;
+            stored.paused = declared.paused;
+            stored.created_unix_ms = declared.created_unix_ms;
+            if &stored != declared {
+                tracing::warn!(
+                    experiment = %declared.id,
+                    "the experiments file declares this experiment differently from the stored one; the stored \
+                     definition and state are kept (delete the experiment to start it anew)"
+                );
+            }
+            continue;
+        }
+        registry.check_insert(&declared.id)?;
+        let mut definition = declared.clone();
+        definition.created_unix_ms = now_unix_ms();
+        let experiment = Arc::new(Experiment::new(definition.clone())?);
+        blocking(&options.store, move |store| store.save_definition(&definition)).await?;
+        registry.insert(experiment)?;
+        tracing::info!(experiment = %declared.id, "declared experiment created");
+    }
+    Ok(registry)
+}
+
+/// Snapshots every experiment that changed since its last snapshot, in one store transaction.
+async fn flush(registry: &Registry, store: &Arc<dyn Store>) -> Result<usize, StoreError> {
+    let taken: Vec<_> = registry.list().iter().filter_map(|e| e.snapshot(false).map(|s| (e.clone(), s))).collect();
+    if taken.is_empty() {
+        return Ok(0);
+    }
+    let snapshots: Vec<_> = taken.iter().map(|(_, (snapshot, _))| snapshot.clone()).collect();
+    blocking(store, move |store| store.save_snapshots(&snapshots)).await?;
+    for (experiment, (_, revision)) in &taken {
+        experiment.mark_flushed(*revision);
+    }
+    Ok(taken.len())
+}
+
+/// Resolves overdue decisions of every experiment with a reward timeout.
+async fn expire_overdue(registry: &Registry) {
+    /// Decisions resolved per lock: bounds how long one sweep can hold up an experiment's deciders.
+    const SLICE: usize = 1024;
+    for experiment in registry.list() {
+        if experiment.shape().reward_timeout.is_none() {
+            continue;
+        }
+        loop {
+            let (_, more) = experiment.expire_due(Instant::now(), SLICE);
+            if !more {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+/// Runs the service on `listener` until `shutdown` completes: the decision and admin services, gRPC health
+/// (`grpc.health.v1.Health`) and reflection (v1 and v1alpha). At shutdown it stops accepting calls, lets
+/// in-flight calls finish, and flushes every changed experiment to the store before returning.
+pub async fn run(
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+    options: ServeOptions,
+) -> Result<(), ServeError> {
+    let registry = load(&options).await?;
+    let store = options.store.clone();
+    let limits = options.limits.clone();
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<pb::decision_service_server::DecisionServiceServer<DecisionApi>>().await;
+    health.set_serving::<pb::experiment_admin_server::ExperimentAdminServer<AdminApi>>().await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServiceError::FailedPrecondition(format!("reflection: {e}")))?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| ServiceError::FailedPrecondition(format!("reflection: {e}")))?;
+
+    let decisions = pb::decision_service_server::DecisionServiceServer::new(DecisionApi::new(registry.clone()))
+        .max_decoding_message_size(limits.max_message_bytes);
+    let admin = pb::experiment_admin_server::ExperimentAdminServer::new(AdminApi::new(registry.clone(), store.clone()))
+        .max_decoding_message_size(limits.max_message_bytes);
+
+    // Background work stops when `stop` flips, before the final flush.
+    let (stop, stopped) = watch::channel(false);
+    let sweeper = {
+        let registry = registry.clone();
+        let mut stopped = stopped.clone();
+        let period = options.timeout_check_interval;
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(period);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = ticks.tick() => expire_overdue(&registry).await,
+                    _ = stopped.changed() => break,
+                }
+            }
+        })
+    };
+    let snapshotter = {
+        let registry = registry.clone();
+        let store = store.clone();
+        let mut stopped = stopped.clone();
+        let period = options.snapshot_interval;
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = ticks.tick() => match flush(&registry, &store).await {
+                        Ok(n) => tracing::debug!(experiments = n, "periodic snapshot"),
+                        Err(e) => tracing::error!(error = %e, "periodic snapshot failed; will retry"),
+                    },
+                    _ = stopped.changed() => break,
+                }
+            }
+        })
+    };
+
+    match listener.local_addr() {
+        Ok(address) => tracing::info!(%address, experiments = registry.len(), "safebet serving"),
+        Err(e) => tracing::warn!(error = %e, experiments = registry.len(), "safebet serving on an unknown address"),
+    }
+    let shutdown_health = health.clone();
+    let served = Server::builder()
+        // HTTP/2's default 64 KiB windows make a 400 KiB DecideBatch wait for several window updates.
+        .initial_stream_window_size(Some(STREAM_WINDOW))
+        .initial_connection_window_size(Some(CONNECTION_WINDOW))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(decisions)
+        .add_service(admin)
+        // Nagle's algorithm with delayed ACKs would hold small responses back for up to 40 ms.
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), async move {
+            shutdown.await;
+            tracing::info!("shutting down: finishing in-flight calls");
+            shutdown_health.set_not_serving::<pb::decision_service_server::DecisionServiceServer<DecisionApi>>().await;
+            shutdown_health.set_not_serving::<pb::experiment_admin_server::ExperimentAdminServer<AdminApi>>().await;
+        })
+        .await;
+
+    let _ = stop.send(true);
+    let _ = sweeper.await;
+    let _ = snapshotter.await;
+    let flushed = flush(&registry, &store).await;
+    match &flushed {
+        Ok(n) => tracing::info!(experiments = n, "state flushed"),
+        Err(e) => tracing::error!(error = %e, "final snapshot failed"),
+    }
+    served?;
+    flushed?;
+    Ok(())
+}
