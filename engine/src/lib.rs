@@ -37,6 +37,7 @@ mod config;
 mod error;
 mod linalg;
 mod model;
+mod ope;
 mod policy;
 mod ridge;
 pub mod rl;
@@ -48,6 +49,13 @@ pub use config::{
 };
 pub use error::{EngineError, ErrorKind};
 pub use model::anytime_width;
+pub use ope::{
+    BetaPrior, BootstrapInterval, CellRewardModel, DecisionLogEvaluation, DecisionLogSettings, DecisionTarget,
+    Estimator, EstimatorInterval, LogColumns, LoggedBandit, LoggedDecision, LoggedRound, ObdEstimate, ObdEvaluation,
+    ObdImpression, ObdSettings, OpeError, TargetEvaluation, bernoulli_ts_action_dist, bootstrap_interval,
+    bootstrap_interval_with_rng, bootstrap_mean_interval, decision_log_bandit, evaluate_bts_on_obd,
+    evaluate_decision_log,
+};
 pub use policy::{Decision, DecisionId, Fallback, Policy, PolicyStats, Propensity, PropensityKind};
 pub use rl::{
     Driver, EpisodePlan, EpisodeSummary, EpisodicConfig, EpisodicLearner, EpisodicStats, RlAlgorithm, StartState,

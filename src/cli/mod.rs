@@ -17,12 +17,20 @@ pub struct Cli {
 pub enum Command {
     /// Check a policy configuration file and print it with defaults filled in.
     Validate(validate::ValidateArgs),
+    /// Simulate a scenario's policies before rollout: regret, baseline-constraint violations, plots.
+    Simulate(simulate::SimulateArgs),
+    /// Run the gRPC decision service (decisions, rewards, experiment admin, health, reflection).
+    Serve(serve::ServeArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Validate(args) => validate::run(args),
+        Command::Simulate(args) => simulate::run(args),
+        Command::Serve(args) => serve::run(args),
     }
 }
 
+mod serve;
+mod simulate;
 mod validate;

@@ -8,10 +8,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use safebet_proto as pb;
 use tonic::{Request, Response, Status};
 
+use crate::ServiceError;
 use crate::definition::{ExperimentDef, check_experiment_id};
 use crate::registry::{Experiment, Registry, Report};
 use crate::store::{Store, StoreError};
-use crate::ServiceError;
 
 /// Serves `safebet.v1.ExperimentAdmin`.
 pub struct AdminApi {

@@ -9,11 +9,11 @@ use safebet_proto as pb;
 use safebet_proto::decide_request::{Actions, Baseline};
 use tonic::{Request, Response, Status};
 
+use crate::ServiceError;
 use crate::definition::{check_action_ids, check_experiment_id};
 use crate::error::item_error;
 use crate::limits::{Limits, MAX_EVENT_ID_LEN};
 use crate::registry::{Answer, DecideInput, Experiment, Registry};
-use crate::ServiceError;
 
 /// Serves `safebet.v1.DecisionService` from the registry.
 #[derive(Debug, Clone)]
@@ -167,7 +167,10 @@ fn check_event_id(field: &str, id: &str) -> Result<(), ServiceError> {
         )));
     }
     if id.chars().any(char::is_control) {
-        return Err(ServiceError::InvalidArgument(format!("{field} '{}' contains control characters", id.escape_debug())));
+        return Err(ServiceError::InvalidArgument(format!(
+            "{field} '{}' contains control characters",
+            id.escape_debug()
+        )));
     }
     Ok(())
 }

@@ -220,7 +220,9 @@ impl ExperimentDef {
             }
             Ok(pb::OnTimeout::DefaultReward) => match spec.timeout_reward {
                 Some(reward) => PendingResolution::DefaultReward { reward },
-                None => return bad("spec.timeout_reward is required with on_timeout = ON_TIMEOUT_DEFAULT_REWARD".into()),
+                None => {
+                    return bad("spec.timeout_reward is required with on_timeout = ON_TIMEOUT_DEFAULT_REWARD".into());
+                }
             },
             Err(_) => return bad(format!("spec.on_timeout {} is not a known value", spec.on_timeout)),
         };
@@ -357,7 +359,9 @@ mod tests {
         for def in &file.experiment {
             def.check(&Limits::default()).unwrap();
         }
-        let twice = format!("{text}\n[[experiment]]\nid = \"arms\"\npolicy = {{ algorithm = \"ucb1\", layout = {{ kind = \"arms\", actions = 2 }} }}\n");
+        let twice = format!(
+            "{text}\n[[experiment]]\nid = \"arms\"\npolicy = {{ algorithm = \"ucb1\", layout = {{ kind = \"arms\", actions = 2 }} }}\n"
+        );
         assert!(ExperimentsFile::parse(&twice).unwrap_err().to_string().contains("declared twice"));
     }
 

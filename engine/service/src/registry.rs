@@ -11,15 +11,15 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use safebet_engine::{
-    ActionSet, BaselineReward, DecisionId, EngineError, Fallback, Layout, PendingResolution, Policy,
-    PolicyStats, PropensityKind, Round,
+    ActionSet, BaselineReward, DecisionId, EngineError, Fallback, Layout, PendingResolution, Policy, PolicyStats,
+    PropensityKind, Round,
 };
 use serde::{Deserialize, Serialize};
 
+use crate::ServiceError;
 use crate::definition::ExperimentDef;
 use crate::limits::Limits;
 use crate::store::Snapshot;
-use crate::ServiceError;
 
 /// All experiments, by id.
 #[derive(Debug)]
@@ -264,7 +264,11 @@ impl Experiment {
 
     /// An experiment continuing from a stored snapshot (or fresh, without one). Pending decisions get a full
     /// reward timeout from `now`: the clock of the process that made them is gone.
-    pub fn restore(definition: ExperimentDef, snapshot: Option<&Snapshot>, now: Instant) -> Result<Experiment, ServiceError> {
+    pub fn restore(
+        definition: ExperimentDef,
+        snapshot: Option<&Snapshot>,
+        now: Instant,
+    ) -> Result<Experiment, ServiceError> {
         let Some(snapshot) = snapshot else { return Self::new(definition) };
         let context = format!("experiment '{}'", definition.id);
         let saved: SavedState = serde_json::from_slice(&snapshot.state).map_err(|e| {
@@ -368,12 +372,9 @@ impl Experiment {
             baseline: input.baseline,
             baseline_expected_reward: input.baseline_expected_reward,
         };
-        let decision = if state.definition.paused {
-            state.policy.decide_baseline(&round)
-        } else {
-            state.policy.decide(&round)
-        }
-        .map_err(|e| ServiceError::engine(format!("experiment '{}'", self.id), e))?;
+        let decision =
+            if state.definition.paused { state.policy.decide_baseline(&round) } else { state.policy.decide(&round) }
+                .map_err(|e| ServiceError::engine(format!("experiment '{}'", self.id), e))?;
 
         state.sequence += 1;
         state.revision += 1;

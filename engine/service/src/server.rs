@@ -11,13 +11,13 @@ use tokio::sync::watch;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
+use crate::ServiceError;
 use crate::admin::{AdminApi, blocking, now_unix_ms};
 use crate::decision::DecisionApi;
 use crate::definition::ExperimentDef;
 use crate::limits::Limits;
 use crate::registry::{Experiment, Registry};
 use crate::store::{Store, StoreError};
-use crate::ServiceError;
 
 /// HTTP/2 flow-control windows, bytes: large enough that a full batch needs no window update.
 const STREAM_WINDOW: u32 = 4 << 20;

@@ -128,10 +128,8 @@ impl SqliteStore {
 
 impl Store for SqliteStore {
     fn save_definition(&self, definition: &ExperimentDef) -> Result<(), StoreError> {
-        let json = serde_json::to_string(definition).map_err(|e| StoreError::Corrupt {
-            id: definition.id.clone(),
-            reason: e.to_string(),
-        })?;
+        let json = serde_json::to_string(definition)
+            .map_err(|e| StoreError::Corrupt { id: definition.id.clone(), reason: e.to_string() })?;
         self.connection().execute(
             "INSERT INTO experiments (id, definition) VALUES (?1, ?2)
              ON CONFLICT(id) DO UPDATE SET definition = excluded.definition",

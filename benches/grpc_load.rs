@@ -1,0 +1,369 @@
+//! Load generator for the gRPC decision service: the real server and a real tonic client on loopback, each
+//! on its own 2-thread tokio runtime (so the two share this machine's cores as separate processes would).
+//!
+//! Scenarios, CLUCB, shared layout, d = 32, K = 16:
+//! 1. unary `Decide`, closed loop, 64 requests in flight;
+//! 2. unary `Decide`, open loop at a fixed 20,000 decisions/s, at most 64 in flight (latency at the target
+//!    rate; by Little's law a closed loop at 64 in flight can only reach p99 < 2 ms above ~32k/s);
+//! 3. `DecideBatch` of 100, closed loop, 4 batches in flight.
+//!
+//! `cargo bench --bench grpc_load` (add `-- --seconds 10` for longer runs). Prints decisions/s and latency
+//! p50/p99/p99.9 per scenario.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use safebet_proto as pb;
+use safebet_proto::decision_service_client::DecisionServiceClient;
+use safebet_proto::experiment_admin_client::ExperimentAdminClient;
+use safebet_service::{ServeOptions, SqliteStore};
+use tonic::transport::Channel;
+
+const DIM: usize = 32;
+const ACTIONS: usize = 16;
+const IN_FLIGHT: usize = 64;
+const BATCH: usize = 100;
+const BATCHES_IN_FLIGHT: usize = 8;
+const OPEN_LOOP_RATE: f64 = 20_000.0;
+const CONNECTIONS: usize = 4;
+
+fn runtime(name: &str, threads: usize) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .thread_name(name)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// SplitMix64, so the requests are the same on every run.
+fn stream(seed: u64) -> impl FnMut() -> f64 {
+    let mut state = seed;
+    move || {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// A pool of distinct requests; features of norm <= 1.
+fn requests(n: usize) -> Arc<Vec<pb::DecideRequest>> {
+    let mut uniform = stream(42);
+    let scale = 1.0 / (DIM as f64).sqrt();
+    Arc::new(
+        (0..n)
+            .map(|i| pb::DecideRequest {
+                experiment_id: "load".into(),
+                actions: Some(pb::decide_request::Actions::PerAction(pb::PerActionFeatures {
+                    features: (0..DIM * ACTIONS).map(|_| uniform() * scale).collect(),
+                    num_actions: ACTIONS as u32,
+                    action_ids: vec![],
+                })),
+                baseline: Some(pb::decide_request::Baseline::BaselineIndex((i % ACTIONS) as u32)),
+                ..Default::default()
+            })
+            .collect(),
+    )
+}
+
+/// CPU seconds (user + system) this process has used so far, to show how much of the machine a scenario took.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    // Fields 14 and 15 of /proc/self/stat (utime, stime), counted after the command name; 100 ticks/s.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// CPU seconds used between two instants (sleeping until each).
+async fn cpu_between(from: Instant, until: Instant) -> f64 {
+    tokio::time::sleep_until(from.into()).await;
+    let start = cpu_seconds();
+    tokio::time::sleep_until(until.into()).await;
+    cpu_seconds() - start
+}
+
+struct Measured {
+    decisions: u64,
+    elapsed: Duration,
+    /// Latency of every call, nanoseconds.
+    latencies: Vec<u64>,
+    /// CPU seconds the process used during the scenario.
+    cpu: f64,
+}
+
+impl Measured {
+    fn print(mut self, scenario: &str, unit: &str) {
+        self.latencies.sort_unstable();
+        let pick = |q: f64| {
+            let i = ((self.latencies.len() as f64 * q).ceil() as usize).clamp(1, self.latencies.len()) - 1;
+            self.latencies[i] as f64 / 1e6
+        };
+        println!(
+            "{scenario:<52} {:>9.0} decisions/s  {unit} latency p50 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms  \
+             ({} calls, {:.2} cores busy)",
+            self.decisions as f64 / self.elapsed.as_secs_f64(),
+            pick(0.50),
+            pick(0.99),
+            pick(0.999),
+            self.latencies.len(),
+            self.cpu / self.elapsed.as_secs_f64(),
+        );
+    }
+}
+
+async fn unary_closed_loop(
+    channels: &[Channel],
+    pool: Arc<Vec<pb::DecideRequest>>,
+    run: Duration,
+    warmup: Duration,
+) -> Measured {
+    let start = Instant::now();
+    let measure_from = start + warmup;
+    let until = measure_from + run;
+    let mut tasks = Vec::new();
+    for task in 0..IN_FLIGHT {
+        let mut client = DecisionServiceClient::new(channels[task % channels.len()].clone());
+        let pool = pool.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(200_000);
+            let mut i = task;
+            loop {
+                let sent = Instant::now();
+                if sent >= until {
+                    break;
+                }
+                client.decide(pool[i % pool.len()].clone()).await.expect("decide");
+                if sent >= measure_from {
+                    latencies.push(sent.elapsed().as_nanos() as u64);
+                }
+                i += IN_FLIGHT;
+            }
+            latencies
+        }));
+    }
+    let cpu = cpu_between(measure_from, until).await;
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await.unwrap());
+    }
+    Measured { decisions: latencies.len() as u64, elapsed: run, latencies, cpu }
+}
+
+/// Issues requests on a fixed schedule from a pacing thread (tokio's timers tick in milliseconds, too coarse
+/// for 50 us gaps); latency counts from each request's scheduled time, so requests the client or server
+/// held back are charged for their wait (no coordinated omission).
+async fn unary_open_loop(channels: &[Channel], pool: Arc<Vec<pb::DecideRequest>>, run: Duration) -> Measured {
+    let cpu_start = cpu_seconds();
+    let permits = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
+    let (due_tx, mut due) = tokio::sync::mpsc::unbounded_channel::<(u64, Instant)>();
+    let start = Instant::now();
+    let total = (OPEN_LOOP_RATE * run.as_secs_f64()) as u64;
+    let pacer = std::thread::spawn(move || {
+        let mut n = 0;
+        while n < total {
+            let elapsed = start.elapsed().as_secs_f64();
+            let due_now = ((elapsed * OPEN_LOOP_RATE) as u64 + 1).min(total);
+            while n < due_now {
+                let scheduled = start + Duration::from_secs_f64(n as f64 / OPEN_LOOP_RATE);
+                if due_tx.send((n, scheduled)).is_err() {
+                    return;
+                }
+                n += 1;
+            }
+            std::thread::sleep(Duration::from_micros(50));
+        }
+    });
+    let clients: Vec<_> = channels.iter().map(|c| DecisionServiceClient::new(c.clone())).collect();
+    let mut waited = 0u64;
+    while let Some((n, scheduled)) = due.recv().await {
+        let permit = match permits.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                // 64 already in flight: the request waits for a slot, its wait counted in its latency.
+                waited += 1;
+                permits.clone().acquire_owned().await.unwrap()
+            }
+        };
+        spawn_one(&clients, &pool, n, scheduled, permit, tx.clone());
+    }
+    pacer.join().unwrap();
+    drop(tx);
+    let mut latencies = Vec::with_capacity(total as usize);
+    while let Some(latency) = rx.recv().await {
+        latencies.push(latency);
+    }
+    let elapsed = start.elapsed();
+    if waited > 0 {
+        println!("  (open loop: {waited} requests waited for one of the {IN_FLIGHT} slots)");
+    }
+    let cpu = cpu_seconds() - cpu_start;
+    Measured { decisions: latencies.len() as u64, elapsed, latencies, cpu }
+}
+
+fn spawn_one(
+    clients: &[DecisionServiceClient<Channel>],
+    pool: &Arc<Vec<pb::DecideRequest>>,
+    n: u64,
+    scheduled: Instant,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    tx: tokio::sync::mpsc::UnboundedSender<u64>,
+) {
+    let mut client = clients[n as usize % clients.len()].clone();
+    let request = pool[n as usize % pool.len()].clone();
+    tokio::spawn(async move {
+        client.decide(request).await.expect("decide");
+        let _ = tx.send(scheduled.elapsed().as_nanos() as u64);
+        drop(permit);
+    });
+}
+
+async fn batch_closed_loop(
+    channels: &[Channel],
+    pool: Arc<Vec<pb::DecideRequest>>,
+    run: Duration,
+    warmup: Duration,
+) -> Measured {
+    let start = Instant::now();
+    let measure_from = start + warmup;
+    let until = measure_from + run;
+    let mut tasks = Vec::new();
+    for task in 0..BATCHES_IN_FLIGHT {
+        let mut client = DecisionServiceClient::new(channels[task % channels.len()].clone());
+        let pool = pool.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut i = task * BATCH;
+            loop {
+                let requests: Vec<_> = (0..BATCH).map(|j| pool[(i + j) % pool.len()].clone()).collect();
+                let sent = Instant::now();
+                if sent >= until {
+                    break;
+                }
+                let answer = client.decide_batch(pb::DecideBatchRequest { requests }).await.expect("batch");
+                assert_eq!(answer.get_ref().results.len(), BATCH);
+                if sent >= measure_from {
+                    latencies.push(sent.elapsed().as_nanos() as u64);
+                }
+                i += BATCH * BATCHES_IN_FLIGHT;
+            }
+            latencies
+        }));
+    }
+    let cpu = cpu_between(measure_from, until).await;
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await.unwrap());
+    }
+    Measured { decisions: latencies.len() as u64 * BATCH as u64, elapsed: run, latencies, cpu }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let seconds = args
+        .iter()
+        .position(|a| a == "--seconds")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|s| s.parse::<f64>().ok())
+        .unwrap_or(5.0);
+    let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).cloned();
+    let wanted = move |name: &str| only.as_deref().is_none_or(|o| o == name);
+    let run = Duration::from_secs_f64(seconds);
+    let warmup = Duration::from_secs(1);
+
+    let data = tempfile::tempdir().expect("temporary data directory");
+    let threads = |flag: &str| {
+        args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).and_then(|s| s.parse().ok()).unwrap_or(2)
+    };
+    let (server_threads, client_threads) = (threads("--server-threads"), threads("--client-threads"));
+    let server_runtime = runtime("server", server_threads);
+    let listener = server_runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind loopback");
+    let address = listener.local_addr().unwrap();
+    let store = Arc::new(SqliteStore::open(data.path()).expect("store"));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = server_runtime.spawn(safebet_service::run(
+        listener,
+        async move {
+            let _ = stopped.await;
+        },
+        ServeOptions::new(store),
+    ));
+
+    let client_runtime = runtime("client", client_threads);
+    client_runtime.block_on(async move {
+        let mut channels = Vec::new();
+        for _ in 0..CONNECTIONS {
+            let endpoint = Channel::from_shared(format!("http://{address}"))
+                .unwrap()
+                .tcp_nodelay(true)
+                .initial_stream_window_size(Some(4 << 20))
+                .initial_connection_window_size(Some(16 << 20));
+            let channel = loop {
+                match endpoint.connect().await {
+                    Ok(channel) => break channel,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            };
+            channels.push(channel);
+        }
+        let mut admin = ExperimentAdminClient::new(channels[0].clone());
+        admin
+            .create_experiment(pb::CreateExperimentRequest {
+                id: "load".into(),
+                spec: Some(pb::ExperimentSpec {
+                    algorithm: pb::Algorithm::Clucb as i32,
+                    layout: Some(pb::Layout {
+                        kind: Some(pb::layout::Kind::Shared(pb::SharedLayout { dim: DIM as u32 })),
+                    }),
+                    // Decisions nobody rewards leave the ledger after 2 s, as in production.
+                    reward_timeout_ms: 2000,
+                    ..Default::default()
+                }),
+            })
+            .await
+            .expect("create experiment");
+        let pool = requests(1024);
+        // Warm the learner up with rewarded rounds, so the measured decisions run the full safety check.
+        let mut client = DecisionServiceClient::new(channels[0].clone());
+        let mut uniform = stream(7);
+        for i in 0..2000 {
+            let answer = client.decide(pool[i % pool.len()].clone()).await.unwrap().into_inner();
+            client
+                .reward(pb::RewardRequest {
+                    experiment_id: "load".into(),
+                    event_id: answer.event_id,
+                    value: Some(0.3 + 0.4 * uniform()),
+                })
+                .await
+                .unwrap();
+        }
+        println!(
+            "gRPC load, loopback, CLUCB shared d = {DIM}, K = {ACTIONS}, {CONNECTIONS} HTTP/2 connections, \
+             server on {server_threads} and client on {client_threads} worker threads, {seconds} s per scenario"
+        );
+        // Between scenarios the previous one's unrewarded decisions time out (2 s), so each starts alike.
+        let settle = Duration::from_millis(2500);
+        if wanted("unary") {
+            unary_closed_loop(&channels, pool.clone(), run, warmup)
+                .await
+                .print(&format!("Decide, closed loop, {IN_FLIGHT} in flight"), "call");
+            tokio::time::sleep(settle).await;
+        }
+        if wanted("open") {
+            unary_open_loop(&channels, pool.clone(), run)
+                .await
+                .print(&format!("Decide, open loop at {OPEN_LOOP_RATE:.0}/s, <= {IN_FLIGHT} in flight"), "call");
+            tokio::time::sleep(settle).await;
+        }
+        if wanted("batch") {
+            batch_closed_loop(&channels, pool.clone(), run, warmup)
+                .await
+                .print(&format!("DecideBatch of {BATCH}, closed loop, {BATCHES_IN_FLIGHT} in flight"), "batch");
+        }
+    });
+    let _ = stop.send(());
+    server_runtime.block_on(server).expect("server task").expect("server");
+}

@@ -1,0 +1,247 @@
+//! Off-policy evaluation on the service's own decision log: what the baseline (the product's current
+//! behaviour) and the uniform-random policy would have earned on the rounds the experiment's policy played,
+//! and the logged policy's own reward minus the baseline's, each with a bootstrap interval.
+//!
+//! The log's policy is the experiment's learner under its safety layer, so "logged minus baseline" is the
+//! learner-versus-baseline comparison of the admin report. It is only as good as the overlap: IPS and the
+//! doubly robust correction see the baseline's reward only on rounds where the logged policy played the
+//! baseline with positive propensity; where it never did, the direct method's reward model carries the
+//! estimate. Deterministic learners (propensity 1 on the played action) give weight 1 on rounds where they
+//! played the baseline and 0 elsewhere, which is unbiased only if those rounds are typical.
+
+use serde::{Deserialize, Serialize};
+
+use super::bootstrap::EstimatorInterval;
+use super::{
+    BootstrapInterval, CellRewardModel, Estimator, LoggedBandit, LoggedRound, OpeError, bootstrap_interval,
+    bootstrap_mean_interval, check_range,
+};
+
+/// One decision of the service's decision log, as exported for `safebet ope log` (one JSON object per line,
+/// or one CSV row without `features`). Unknown fields are ignored, so the export can grow.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoggedDecision {
+    /// The engine's decision id (informational).
+    #[serde(default)]
+    pub decision_id: Option<u64>,
+    /// Number of actions offered in the round.
+    pub num_actions: usize,
+    /// The action played (index into the round's actions).
+    pub action: usize,
+    /// The round's baseline action.
+    pub baseline: usize,
+    /// The probability with which the policy played `action` (the decision's propensity).
+    pub propensity: f64,
+    /// The reward, or absent/null when none arrived (pending or expired): such decisions are skipped.
+    #[serde(default)]
+    pub reward: Option<f64>,
+    /// The round's features as the engine's `ActionSet` takes them (shared layout: `num_actions` rows of
+    /// `dim`, row-major; disjoint layout: the context). Not needed by the baseline and uniform targets;
+    /// carried for evaluating a learner snapshot.
+    #[serde(default)]
+    pub features: Option<Vec<f64>>,
+}
+
+/// A target policy that needs nothing but the logged round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DecisionTarget {
+    /// Always the round's baseline action: the product as it was before the experiment.
+    Baseline,
+    /// Each of the round's actions with probability 1 / num_actions.
+    Uniform,
+}
+
+impl DecisionTarget {
+    /// "baseline" or "uniform".
+    pub fn name(self) -> &'static str {
+        match self {
+            DecisionTarget::Baseline => "baseline",
+            DecisionTarget::Uniform => "uniform",
+        }
+    }
+
+    /// The target's distribution over `width >= decision.num_actions` actions (zero beyond the round's own).
+    fn distribution(self, decision: &LoggedDecision, width: usize) -> Vec<f64> {
+        let mut pi = vec![0.0; width];
+        match self {
+            DecisionTarget::Baseline => pi[decision.baseline] = 1.0,
+            DecisionTarget::Uniform => pi[..decision.num_actions].fill(1.0 / decision.num_actions as f64),
+        }
+        pi
+    }
+}
+
+/// Settings of [`evaluate_decision_log`].
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct DecisionLogSettings {
+    /// Bootstrap resamples per interval.
+    pub resamples: usize,
+    /// Significance level of the intervals.
+    pub alpha: f64,
+    /// Seed of the bootstrap (every interval uses it, so all intervals resample the same rounds).
+    pub seed: u64,
+    /// Pseudo-observations per action of the reward model (see [`CellRewardModel`]).
+    pub smoothing: f64,
+    /// Cross-fitting folds of the reward model, at most the number of rewarded decisions (fewer are used
+    /// when the log is shorter).
+    pub folds: usize,
+    /// Switch-DR's weight threshold.
+    pub tau: f64,
+}
+
+impl Default for DecisionLogSettings {
+    /// 1,000 resamples, 95% intervals, seed 0, 10 pseudo-observations, 3 folds, tau = 20.
+    fn default() -> Self {
+        DecisionLogSettings { resamples: 1_000, alpha: 0.05, seed: 0, smoothing: 10.0, folds: 3, tau: 20.0 }
+    }
+}
+
+/// One target's estimates on the decision log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TargetEvaluation {
+    /// The target policy.
+    pub target: DecisionTarget,
+    /// IPS, SNIPS, DM, DR and Switch-DR with their intervals.
+    pub estimates: Vec<EstimatorInterval>,
+    /// The logged policy's mean reward minus the target's doubly robust estimate, with a paired bootstrap
+    /// interval (both resampled on the same rounds): above zero, the logged policy did better.
+    pub logged_minus_target: BootstrapInterval,
+    /// Rounds where the target gives the logged action positive probability (the only rounds whose reward
+    /// IPS can use).
+    pub overlap: usize,
+    /// The largest importance weight.
+    pub max_weight: f64,
+}
+
+/// The decision log's evaluation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DecisionLogEvaluation {
+    /// Decisions in the log.
+    pub decisions: usize,
+    /// Decisions with a reward, the ones evaluated.
+    pub rewarded: usize,
+    /// The largest number of actions of a round.
+    pub num_actions: usize,
+    /// The logged policy's mean reward (on-policy) with a bootstrap interval.
+    pub logged: BootstrapInterval,
+    /// One evaluation per requested target.
+    pub targets: Vec<TargetEvaluation>,
+    /// The settings used.
+    pub settings: DecisionLogSettings,
+}
+
+/// Checks every decision, naming its position in the log when one is malformed.
+fn check_decision(round: usize, d: &LoggedDecision) -> Result<(), OpeError> {
+    if d.num_actions == 0 {
+        return Err(OpeError::NoActions { round });
+    }
+    if d.action >= d.num_actions {
+        return Err(OpeError::ActionOutOfRange { round, action: d.action, num_actions: d.num_actions });
+    }
+    if d.baseline >= d.num_actions {
+        return Err(OpeError::BaselineOutOfRange { round, baseline: d.baseline, num_actions: d.num_actions });
+    }
+    if !d.propensity.is_finite() {
+        return Err(OpeError::NonFinite { round, what: "propensity", value: d.propensity });
+    }
+    if !(d.propensity > 0.0 && d.propensity <= 1.0) {
+        return Err(OpeError::PropensityOutOfRange { round, value: d.propensity });
+    }
+    match d.reward {
+        Some(r) if !r.is_finite() => Err(OpeError::NonFinite { round, what: "reward", value: r }),
+        _ => Ok(()),
+    }
+}
+
+/// The rewarded decisions as a [`LoggedBandit`] for `target`, with `models[i % models.len()]` as round i's
+/// reward model (one model per cross-fitting fold; none for IPS and SNIPS only). `width` is the number of
+/// actions of the widest round.
+pub fn decision_log_bandit(
+    rewarded: &[LoggedDecision],
+    target: DecisionTarget,
+    width: usize,
+    models: &[CellRewardModel],
+) -> Result<LoggedBandit, OpeError> {
+    for (i, d) in rewarded.iter().enumerate() {
+        check_decision(i, d)?;
+        if d.num_actions > width {
+            return Err(OpeError::ActionOutOfRange { round: i, action: d.num_actions - 1, num_actions: width });
+        }
+    }
+    let distributions: Vec<Vec<f64>> = rewarded.iter().map(|d| target.distribution(d, width)).collect();
+    let rounds = rewarded.iter().zip(&distributions).enumerate().map(|(i, (d, pi))| LoggedRound {
+        action: d.action,
+        position: 0,
+        reward: d.reward.unwrap_or(f64::NAN),
+        propensity: d.propensity,
+        target: pi,
+        reward_model: (!models.is_empty()).then(|| models[i % models.len()].predictions()),
+    });
+    LoggedBandit::new(width, 1, rounds)
+}
+
+/// Evaluates each of `targets` on the rewarded decisions of `decisions` with IPS, SNIPS, DM, DR and
+/// Switch-DR, the DM/DR reward model being a [`CellRewardModel`] of the action index cross-fitted on the log
+/// (meaningful when an action index names the same action in every round: K-armed and disjoint layouts),
+/// and compares each target with the logged policy's own mean reward.
+pub fn evaluate_decision_log(
+    decisions: &[LoggedDecision],
+    targets: &[DecisionTarget],
+    settings: &DecisionLogSettings,
+) -> Result<DecisionLogEvaluation, OpeError> {
+    check_range("alpha", settings.alpha, 0.0, 1.0)?;
+    let switch_dr = Estimator::SwitchDr { tau: settings.tau };
+    switch_dr.validate()?;
+    for (i, d) in decisions.iter().enumerate() {
+        check_decision(i, d)?;
+    }
+    let rewarded: Vec<LoggedDecision> = decisions.iter().filter(|d| d.reward.is_some()).cloned().collect();
+    if rewarded.is_empty() {
+        return Err(OpeError::EmptyLog);
+    }
+    let width = rewarded.iter().map(|d| d.num_actions).max().unwrap_or(1);
+    let rewards: Vec<f64> = rewarded.iter().map(|d| d.reward.unwrap_or(f64::NAN)).collect();
+    let logged = bootstrap_mean_interval(&rewards, settings.resamples, settings.alpha, settings.seed)?;
+
+    let observations: Vec<(usize, usize, f64)> =
+        rewarded.iter().zip(&rewards).map(|(d, &r)| (d.action, 0, r)).collect();
+    let folds = settings.folds.min(rewarded.len());
+    let models = CellRewardModel::cross_fit(width, 1, &observations, settings.smoothing, folds)?;
+
+    let evaluations = targets
+        .iter()
+        .map(|&target| {
+            let log = decision_log_bandit(&rewarded, target, width, &models)?;
+            let estimates = [Estimator::Ips, Estimator::Snips, Estimator::Dm, Estimator::Dr, switch_dr]
+                .into_iter()
+                .map(|estimator| {
+                    let interval =
+                        bootstrap_interval(estimator, &log, settings.resamples, settings.alpha, settings.seed)?;
+                    Ok(EstimatorInterval { estimator, interval })
+                })
+                .collect::<Result<Vec<_>, OpeError>>()?;
+            let dr = Estimator::Dr.round_values(&log)?;
+            let differences: Vec<f64> = rewards.iter().zip(&dr).map(|(r, v)| r - v).collect();
+            let logged_minus_target =
+                bootstrap_mean_interval(&differences, settings.resamples, settings.alpha, settings.seed)?;
+            let weights = log.importance_weights();
+            Ok(TargetEvaluation {
+                target,
+                estimates,
+                logged_minus_target,
+                overlap: weights.iter().filter(|&&w| w > 0.0).count(),
+                max_weight: weights.iter().copied().fold(0.0, f64::max),
+            })
+        })
+        .collect::<Result<Vec<_>, OpeError>>()?;
+
+    Ok(DecisionLogEvaluation {
+        decisions: decisions.len(),
+        rewarded: rewarded.len(),
+        num_actions: width,
+        logged,
+        targets: evaluations,
+        settings: *settings,
+    })
+}

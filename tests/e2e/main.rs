@@ -1,0 +1,10 @@
+//! End-to-end tests: the real server in-process on an ephemeral loopback port (and the real binary for
+//! signals), driven by a real tonic client.
+
+mod bad_input;
+mod concurrency;
+mod health_reflection;
+mod idempotency;
+mod lifecycle;
+mod persistence;
+mod support;
