@@ -165,6 +165,11 @@ pub struct PolicyConfig {
     /// Declared range of expected rewards, used to clip confidence bounds; defaults to `reward_range`.
     #[serde(default)]
     pub mean_reward_range: Option<[f64; 2]>,
+    /// A known lower bound on the baseline's expected reward per round. Checkpoint constraints spend
+    /// alpha times it for each round left before the next checkpoint; defaults to the lower end of
+    /// `mean_reward_range` (or 0 if that is negative).
+    #[serde(default)]
+    pub baseline_reward_floor: Option<f64>,
     /// Exploration probability of epsilon-greedy, in [0, 1].
     #[serde(default = "defaults::epsilon")]
     pub epsilon: f64,
@@ -235,6 +240,7 @@ impl PolicyConfig {
             constraint: Constraint::PerStep,
             reward_range: defaults::unit_range(),
             mean_reward_range: None,
+            baseline_reward_floor: None,
             epsilon: defaults::epsilon(),
             posterior_scale: None,
             propensity_samples: defaults::propensity_samples(),
@@ -247,6 +253,11 @@ impl PolicyConfig {
     /// The range expected rewards are declared to lie in.
     pub fn mean_range(&self) -> [f64; 2] {
         self.mean_reward_range.unwrap_or(self.reward_range)
+    }
+
+    /// The lower bound on the baseline's expected reward that checkpoint constraints bank on.
+    pub fn baseline_floor(&self) -> f64 {
+        self.baseline_reward_floor.unwrap_or(self.mean_range()[0]).max(0.0)
     }
 
     /// Checks every field; `Policy::new` calls it, so a policy never runs with an invalid setting.
@@ -304,6 +315,15 @@ impl PolicyConfig {
         for (field, [lo, hi]) in [("reward_range", self.reward_range), ("mean_reward_range", self.mean_range())] {
             if !(lo.is_finite() && hi.is_finite() && lo < hi) {
                 return bad(field, format!("must be finite with min < max, got [{lo}, {hi}]"));
+            }
+        }
+        if let Some(floor) = self.baseline_reward_floor {
+            let [lo, hi] = self.mean_range();
+            if !(floor.is_finite() && (lo..=hi).contains(&floor)) {
+                return bad(
+                    "baseline_reward_floor",
+                    format!("must lie in the mean reward range [{lo}, {hi}], got {floor}"),
+                );
             }
         }
         if !(0.0..=1.0).contains(&self.epsilon) {

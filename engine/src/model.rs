@@ -237,13 +237,26 @@ impl Model {
     }
 
     /// Prepares Thompson sampling (a Cholesky factor of V^-1 per ellipsoid). Linear models only.
+    /// Factors are cached per ellipsoid and refreshed only when that ellipsoid learned since: in the disjoint
+    /// layout a reward changes one block, so a decision re-factors one d x d matrix instead of K.
     pub(crate) fn prepare_sampling(&mut self) {
         match self {
-            Model::Shared(m) => cholesky_lower(m.ridge.gram_inv(), &mut m.scratch.chol[0]),
+            Model::Shared(m) => {
+                let version = m.ridge.observations();
+                if m.scratch.chol_version != Some(version) {
+                    cholesky_lower(m.ridge.gram_inv(), &mut m.scratch.chol[0]);
+                    m.scratch.chol_version = Some(version);
+                }
+            }
             Model::Disjoint(m) => {
-                m.scratch.chol.resize_with(m.blocks.len(), || DMatrix::zeros(0, 0));
-                for (block, chol) in m.blocks.iter().zip(m.scratch.chol.iter_mut()) {
-                    cholesky_lower(block.gram_inv(), chol);
+                let s = &mut m.scratch;
+                s.chol.resize_with(m.blocks.len(), || DMatrix::zeros(0, 0));
+                s.chol_version.resize(m.blocks.len(), None);
+                for ((block, chol), cached) in m.blocks.iter().zip(s.chol.iter_mut()).zip(s.chol_version.iter_mut()) {
+                    if *cached != Some(block.observations()) {
+                        cholesky_lower(block.gram_inv(), chol);
+                        *cached = Some(block.observations());
+                    }
                 }
             }
             Model::Arms(_) => {}
@@ -285,6 +298,24 @@ impl Model {
             Model::Shared(m) => m.ridge.theta().as_slice().to_vec(),
             Model::Disjoint(m) => m.blocks.iter().flat_map(|b| b.theta().iter().copied()).collect(),
             Model::Arms(m) => (0..m.pulls.len()).map(|a| m.mean(a)).collect(),
+        }
+    }
+
+    /// The point estimate of <theta, sum of history vectors `ks`>: e.g. the expected reward summed over the
+    /// rounds whose features those history vectors hold.
+    pub(crate) fn estimate_history(&self, ks: &[usize]) -> f64 {
+        match self {
+            Model::Shared(m) => {
+                ks.iter().map(|&k| dot(m.ridge.history(k).as_slice(), m.ridge.theta().as_slice())).sum()
+            }
+            Model::Disjoint(m) => m
+                .blocks
+                .iter()
+                .map(|b| ks.iter().map(|&k| dot(b.history(k).as_slice(), b.theta().as_slice())).sum::<f64>())
+                .sum(),
+            Model::Arms(m) => {
+                ks.iter().map(|&k| (0..m.pulls.len()).map(|a| m.history[k][a] * m.mean(a)).sum::<f64>()).sum()
+            }
         }
     }
 
@@ -332,6 +363,8 @@ struct LinearScratch {
     image: DVector<f64>,
     combined: DVector<f64>,
     chol: [DMatrix<f64>; 1],
+    /// Observation count of the model when `chol` was computed.
+    chol_version: Option<u64>,
     normal: DVector<f64>,
     sample: DVector<f64>,
 }
@@ -413,6 +446,7 @@ struct DisjointScratch {
     block_term: Vec<f64>,
     total: f64,
     chol: Vec<DMatrix<f64>>,
+    chol_version: Vec<Option<u64>>,
     normal: DVector<f64>,
     sample: DVector<f64>,
 }

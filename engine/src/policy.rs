@@ -170,7 +170,7 @@ impl Policy {
             _ => None,
         };
         let ledger = rule.map(|rule| {
-            BudgetLedger::new(rule, config.constraint, config.alpha, config.baseline_reward, config.mean_range()[0])
+            BudgetLedger::new(rule, config.constraint, config.alpha, config.baseline_reward, config.baseline_floor())
         });
         Ok(Policy {
             model: Model::new(&config),
@@ -200,6 +200,13 @@ impl Policy {
     /// arms' empirical means (arms).
     pub fn theta_hat(&self) -> Vec<f64> {
         self.model.theta_hat()
+    }
+
+    /// The baseline's cumulative expected reward over every round so far (conservative policies only): the
+    /// sum of the values callers gave when baseline rewards are known, the model's estimate otherwise. What
+    /// the learner must keep (1 - alpha) of.
+    pub fn baseline_estimate(&self) -> Option<f64> {
+        self.ledger.as_ref().map(|ledger| ledger.baseline_estimate(&self.model))
     }
 
     /// Ids of the decisions still waiting for a reward, in increasing order.

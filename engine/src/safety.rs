@@ -54,7 +54,7 @@ pub(crate) struct BudgetLedger {
     constraint: Constraint,
     alpha: f64,
     baseline: BaselineReward,
-    /// A lower bound on the baseline's expected reward: each future baseline round adds at least
+    /// A lower bound (>= 0) on the baseline's expected reward: each future baseline round adds at least
     /// alpha * floor to the margin, which is what lets checkpoint constraints bank slack.
     baseline_floor: f64,
     rounds: u64,
@@ -88,6 +88,15 @@ impl BudgetLedger {
         self.alpha = alpha;
     }
 
+    /// The baseline's cumulative expected reward over every round so far: the callers' own values when
+    /// baseline rewards are known, the model's estimate <theta_hat, w + y> when they are not.
+    pub(crate) fn baseline_estimate(&self, model: &Model) -> f64 {
+        match self.baseline {
+            BaselineReward::Known => self.baseline_total,
+            BaselineReward::Unknown => model.estimate_history(&[BASELINE_PLAYS, BASELINE_FOREGONE]),
+        }
+    }
+
     /// Weights of (z, w, y) in the history vector whose lower bound is taken.
     pub(crate) fn history_weights(&self) -> [f64; 3] {
         match self.baseline {
@@ -105,14 +114,16 @@ impl BudgetLedger {
     }
 
     /// Checkpoint constraints (Garcelon et al. 2020) need the constraint only at rounds T0, 2 T0, ...: a
-    /// round may spend whatever the baseline rounds up to the next checkpoint are sure to earn back.
+    /// round may spend whatever the baseline rounds up to the next checkpoint are sure to earn back. Never
+    /// negative: with no slack the check is the per-step one, which keeps the constraint at every round and
+    /// so at every checkpoint.
     fn checkpoint_slack(&self) -> f64 {
         match self.constraint {
             Constraint::PerStep => 0.0,
             Constraint::Checkpoint { every } => {
                 let t = self.rounds + 1;
                 let next = t.div_ceil(every) * every;
-                self.alpha * self.baseline_floor * (next - t) as f64
+                self.alpha * self.baseline_floor.max(0.0) * (next - t) as f64
             }
         }
     }

@@ -75,9 +75,9 @@ fn run(env: &Environment, config: EpisodicConfig, seed: u64, episodes: u64) -> E
 
 fn environments() -> Vec<(&'static str, Environment)> {
     vec![
-        ("river_swim", river_swim(6, 20)),
-        ("cliff", cliff_gridworld(4, 6, 0.1, 20)),
-        ("inventory", inventory(6, 4, 12)),
+        ("river_swim", river_swim(6, 20).unwrap()),
+        ("cliff", cliff_gridworld(4, 6, 0.1, 20).unwrap()),
+        ("inventory", inventory(6, 4, 12).unwrap()),
     ]
 }
 
@@ -100,7 +100,7 @@ fn conservative_ucbvi_never_violates_the_episodic_constraint() {
 
 #[test]
 fn plain_ucbvi_breaks_the_constraint_on_the_cliff() {
-    let env = cliff_gridworld(4, 6, 0.1, 20);
+    let env = cliff_gridworld(4, 6, 0.1, 20).unwrap();
     let early = (0..SEEDS)
         .filter(|&seed| {
             run(&env, config(&env, RlAlgorithm::Ucbvi, 0.1, true), seed, 50).first_violation.is_some_and(|k| k <= 10)
@@ -112,7 +112,7 @@ fn plain_ucbvi_breaks_the_constraint_on_the_cliff() {
 
 #[test]
 fn episodic_calls_are_validated_and_change_nothing_on_error() {
-    let env = river_swim(4, 3);
+    let env = river_swim(4, 3).unwrap();
     let mut learner = EpisodicLearner::new(config(&env, RlAlgorithm::ConservativeUcbvi, 0.1, true)).unwrap();
     assert_eq!(learner.action(0, 0).unwrap_err(), EngineError::EpisodeNotStarted);
     assert_eq!(learner.observe(0, 0, 0, 0.0, 0).unwrap_err(), EngineError::EpisodeNotStarted);

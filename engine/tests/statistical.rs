@@ -94,6 +94,7 @@ fn config(algorithm: Algorithm, alpha: f64, baseline: BaselineReward, seed: u64)
 /// Runs a policy; rewards arrive `delay(t)` rounds after the decision (0 = at once).
 fn run(config: PolicyConfig, seed: u64, horizon: usize, delay: impl Fn(usize) -> usize) -> Outcome {
     let alpha = config.alpha;
+    let known_baseline = config.baseline_reward == BaselineReward::Known;
     let checkpoint = match config.constraint {
         Constraint::Checkpoint { every } => Some(every as usize),
         Constraint::PerStep => None,
@@ -148,6 +149,14 @@ fn run(config: PolicyConfig, seed: u64, horizon: usize, delay: impl Fn(usize) ->
     }
     outcome.regret = regret;
     outcome.theta_hat = policy.theta_hat();
+    if let Some(estimate) = policy.baseline_estimate() {
+        // Known: exactly the values given; unknown: the model's estimate, close once it has learned.
+        let tolerance = if known_baseline { 1e-6 } else { 0.02 };
+        assert!(
+            (estimate - baseline_sum).abs() <= tolerance * baseline_sum,
+            "baseline estimate {estimate} vs true cumulative baseline reward {baseline_sum}"
+        );
+    }
     outcome
 }
 

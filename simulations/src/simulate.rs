@@ -136,7 +136,8 @@ pub fn simulate(
             && every > scenario.horizon
         {
             return Err(SimError::InvalidOption(format!(
-                "policy `{}`: checkpoint interval {every} exceeds the horizon {}: the constraint would never be checked",
+                "policy `{}`: checkpoint interval {every} exceeds the horizon {}: the constraint would never be \
+                 checked",
                 policy.label, scenario.horizon
             )));
         }

@@ -2,6 +2,11 @@
 //! but suboptimal baseline policy. Pure data: the simulator samples from them, tests solve them exactly.
 
 use super::TabularMdp;
+use crate::EngineError;
+
+fn invalid(field: &'static str, reason: String) -> EngineError {
+    EngineError::InvalidConfig { field, reason }
+}
 
 /// An MDP with the baseline policy a product would run on it (one action per state, stationary).
 #[derive(Debug, Clone, PartialEq)]
@@ -19,8 +24,11 @@ pub struct Environment {
 /// with probability 0.6, in the middle right 0.35 / stay 0.6 / left 0.05, and at the right bank it stays
 /// with probability 0.6 and pays 1. Baseline: the myopic policy, always left, which collects the small sure
 /// reward at the left bank and never learns the right bank pays 200 times more.
-pub fn river_swim(states: usize, horizon: usize) -> Environment {
-    assert!(states >= 3, "RiverSwim needs at least 3 states");
+pub fn river_swim(states: usize, horizon: usize) -> Result<Environment, EngineError> {
+    if !(3..=10_000).contains(&states) {
+        return Err(invalid("states", format!("RiverSwim needs 3..=10000 states, got {states}")));
+    }
+    check_horizon(horizon)?;
     let (s_count, a_count) = (states, 2);
     let mut transitions = vec![0.0; s_count * a_count * s_count];
     let mut rewards = vec![0.0; s_count * a_count];
@@ -44,7 +52,7 @@ pub fn river_swim(states: usize, horizon: usize) -> Environment {
     // Paid for being on the right bank and holding position there.
     rewards[(s_count - 1) * a_count + 1] = 1.0;
     let baseline = vec![0; s_count];
-    Environment { mdp: TabularMdp { states, actions: a_count, horizon, transitions, rewards }, start: 0, baseline }
+    Ok(Environment { mdp: TabularMdp { states, actions: a_count, horizon, transitions, rewards }, start: 0, baseline })
 }
 
 /// Grid-world with a cliff (after Sutton & Barto's cliff walking), `rows` x `cols`, start at the bottom
@@ -53,8 +61,17 @@ pub fn river_swim(states: usize, horizon: usize) -> Environment {
 /// open pays 0.1; the goal is absorbing and pays 1 a step; falling off the cliff is absorbing and pays
 /// nothing for the rest of the episode. The baseline walks the top row: safe, slow. The optimal policy
 /// walks closer to the edge, and a careless explorer falls.
-pub fn cliff_gridworld(rows: usize, cols: usize, slip: f64, horizon: usize) -> Environment {
-    assert!(rows >= 2 && cols >= 3, "the cliff world needs at least 2 rows and 3 columns");
+pub fn cliff_gridworld(rows: usize, cols: usize, slip: f64, horizon: usize) -> Result<Environment, EngineError> {
+    if !(2..=100).contains(&rows) || !(3..=100).contains(&cols) {
+        return Err(invalid(
+            "rows, cols",
+            format!("the cliff world needs 2..=100 rows and 3..=100 columns, got {rows} x {cols}"),
+        ));
+    }
+    if !(0.0..=1.0).contains(&slip) {
+        return Err(invalid("slip", format!("must be a probability in [0, 1], got {slip}")));
+    }
+    check_horizon(horizon)?;
     let cells = rows * cols;
     let (fallen, s_count, a_count) = (cells, cells + 1, 4);
     let cell = |r: usize, c: usize| r * cols + c;
@@ -107,18 +124,25 @@ pub fn cliff_gridworld(rows: usize, cols: usize, slip: f64, horizon: usize) -> E
             }
         })
         .collect();
-    Environment {
+    Ok(Environment {
         mdp: TabularMdp { states: s_count, actions: a_count, horizon, transitions, rewards },
         start,
         baseline,
-    }
+    })
 }
 
 /// Inventory control: stock 0..=`capacity`, order 0..=`capacity` units (orders beyond capacity are
 /// clipped), demand uniform on 0..=`max_demand`. Reward per step, scaled into [0, 1]: 2 per unit sold,
 /// minus 0.5 per unit ordered, minus 0.1 per unit left in stock. Baseline: order up to 2 units (a
 /// cautious order-up-to rule; the optimal level is higher).
-pub fn inventory(capacity: usize, max_demand: usize, horizon: usize) -> Environment {
+pub fn inventory(capacity: usize, max_demand: usize, horizon: usize) -> Result<Environment, EngineError> {
+    if !(1..=1000).contains(&capacity) || !(1..=1000).contains(&max_demand) {
+        return Err(invalid(
+            "capacity, max_demand",
+            format!("need 1..=1000 each, got capacity {capacity} and max_demand {max_demand}"),
+        ));
+    }
+    check_horizon(horizon)?;
     let (s_count, a_count) = (capacity + 1, capacity + 1);
     let demand_p = 1.0 / (max_demand + 1) as f64;
     let (lowest, highest) = (-(0.5 * capacity as f64) - 0.1 * capacity as f64, 2.0 * max_demand.min(capacity) as f64);
@@ -139,10 +163,18 @@ pub fn inventory(capacity: usize, max_demand: usize, horizon: usize) -> Environm
         }
     }
     let baseline = (0..s_count).map(|s| 2usize.saturating_sub(s)).collect();
-    Environment {
+    Ok(Environment {
         mdp: TabularMdp { states: s_count, actions: a_count, horizon, transitions, rewards },
         start: 0,
         baseline,
+    })
+}
+
+fn check_horizon(horizon: usize) -> Result<(), EngineError> {
+    if (1..=10_000).contains(&horizon) {
+        Ok(())
+    } else {
+        Err(invalid("horizon", format!("must be in 1..=10000, got {horizon}")))
     }
 }
 
@@ -157,7 +189,7 @@ mod tests {
 
     #[test]
     fn environments_are_proper_mdps_with_suboptimal_baselines() {
-        for env in [river_swim(6, 20), cliff_gridworld(4, 6, 0.1, 20), inventory(6, 4, 12)] {
+        for env in [river_swim(6, 20), cliff_gridworld(4, 6, 0.1, 20), inventory(6, 4, 12)].map(Result::unwrap) {
             let m = &env.mdp;
             for row in m.transitions.chunks(m.states) {
                 assert!((row.iter().sum::<f64>() - 1.0).abs() < 1e-12);
@@ -173,5 +205,14 @@ mod tests {
             );
             assert!(baseline[env.start] > 0.0);
         }
+    }
+
+    #[test]
+    fn bad_parameters_are_errors_not_panics() {
+        assert!(river_swim(2, 10).is_err());
+        assert!(cliff_gridworld(1, 6, 0.1, 10).is_err());
+        assert!(cliff_gridworld(4, 6, 1.5, 10).is_err());
+        assert!(inventory(0, 4, 10).is_err());
+        assert!(river_swim(6, 0).is_err());
     }
 }

@@ -22,8 +22,8 @@ pub(crate) struct EpisodicTruth {
 }
 
 impl EpisodicTruth {
-    /// Builds the MDP of an episodic spec (`None` for bandit environments). The spec must have been validated:
-    /// the engine's constructors assert their parameters.
+    /// Builds the MDP of an episodic spec (`None` for bandit environments). The spec must have been validated
+    /// with the same bounds the engine's constructors check.
     pub(crate) fn from_spec(spec: &EnvironmentSpec) -> Option<EpisodicTruth> {
         let env = match spec {
             EnvironmentSpec::RiverSwim(s) => environments::river_swim(s.states, s.episode_length),
@@ -32,7 +32,8 @@ impl EpisodicTruth {
             }
             EnvironmentSpec::Inventory(s) => environments::inventory(s.capacity, s.max_demand, s.episode_length),
             EnvironmentSpec::Linear(_) | EnvironmentSpec::KArmed(_) | EnvironmentSpec::Supervised(_) => return None,
-        };
+        }
+        .expect("scenario validation applies the engine's bounds");
         let (_, optimal) = optimal_policy(&env.mdp);
         let baseline = evaluate_policy(&env.mdp, &expand(&env.baseline, env.mdp.horizon));
         Some(EpisodicTruth { optimal_value: optimal[env.start], baseline_value: baseline[env.start], env })

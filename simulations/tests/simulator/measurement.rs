@@ -142,7 +142,8 @@ fn every_episodic_environment_runs_and_known_baselines_stay_safe() {
         "[environment.inventory]\ncapacity = 4\nmax_demand = 3\nepisode_length = 8",
     ] {
         let policies = "[[policies]]\nlabel = \"UCBVI\"\nalgorithm = \"ucbvi\"\n\
-                        [[policies]]\nlabel = \"safe\"\nalgorithm = \"conservative_ucbvi\"\nbaseline_reward = \"known\"";
+                        [[policies]]\nlabel = \"safe\"\nalgorithm = \"conservative_ucbvi\"\n\
+                        baseline_reward = \"known\"";
         let scenario = episodic(environment, 200, policies);
         let set = simulate(&scenario, &RunOptions { threads: 2, ..RunOptions::default() }, &|_| {}).unwrap();
         let (summary, _) = set.summary().unwrap();
