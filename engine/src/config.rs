@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::EngineError;
+pub use crate::drift::DriftGuardConfig;
 pub use crate::ridge::RadiusForm;
 
 /// Which learner runs, and whether a safety rule guards it.
@@ -182,6 +183,9 @@ pub struct PolicyConfig {
     /// What happens to a decision whose reward times out.
     #[serde(default)]
     pub on_timeout: PendingResolution,
+    /// Watch the model's residuals for drift and fall back to the baseline on an alarm (off by default).
+    #[serde(default)]
+    pub drift_guard: Option<DriftGuardConfig>,
     /// Re-factor V by Cholesky after this many rank-one updates, so rounding error cannot accumulate.
     #[serde(default = "defaults::refactor_every")]
     pub refactor_every: u32,
@@ -245,6 +249,7 @@ impl PolicyConfig {
             posterior_scale: None,
             propensity_samples: defaults::propensity_samples(),
             on_timeout: PendingResolution::Drop,
+            drift_guard: None,
             refactor_every: defaults::refactor_every(),
             seed: 0,
         }
@@ -336,6 +341,9 @@ impl PolicyConfig {
         }
         if self.propensity_samples == 0 {
             return bad("propensity_samples", "must be at least 1".into());
+        }
+        if let Some(guard) = &self.drift_guard {
+            guard.validate()?;
         }
         if self.refactor_every == 0 {
             return bad("refactor_every", "must be at least 1".into());

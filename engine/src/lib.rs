@@ -34,6 +34,7 @@
 
 mod actions;
 mod config;
+mod drift;
 mod error;
 mod linalg;
 mod model;
@@ -47,6 +48,7 @@ pub use actions::{ActionSet, Round};
 pub use config::{
     Algorithm, BaselineReward, Constraint, Layout, MAX_ACTIONS, MAX_DIM, PendingResolution, PolicyConfig, RadiusForm,
 };
+pub use drift::{DriftAlarm, DriftGuardConfig};
 pub use error::{EngineError, ErrorKind};
 pub use model::anytime_width;
 pub use ope::{

@@ -224,14 +224,26 @@ impl Model {
         }
     }
 
-    /// Learns from a reward, given what `stash` kept.
-    pub(crate) fn learn(&mut self, stashed: &[f64], action: usize, reward: f64) {
+    /// Learns from a reward, given what `stash` kept. Returns the standardised residual
+    /// (r - prediction) / (R sqrt(1 + predictive variance / noise)) of the model before the update, when the
+    /// model had a prediction (see `crate::drift`).
+    pub(crate) fn learn(&mut self, stashed: &[f64], action: usize, reward: f64) -> Option<f64> {
         match self {
-            Model::Shared(m) => m.ridge.observe(stashed, reward, m.refactor_every),
-            Model::Disjoint(m) => m.blocks[action].observe(stashed, reward, m.refactor_every),
+            Model::Shared(m) => {
+                Some(m.ridge.observe(stashed, reward, m.refactor_every) / m.radius.confidence.noise_scale)
+            }
+            Model::Disjoint(m) => {
+                Some(m.blocks[action].observe(stashed, reward, m.refactor_every) / m.radius.confidence.noise_scale)
+            }
             Model::Arms(m) => {
+                let n = m.pulls[action];
+                let residual = (n > 0).then(|| {
+                    let scale = m.radius.confidence.noise_scale * (1.0 + 1.0 / n as f64).sqrt();
+                    (reward - m.sums[action] / n as f64) / scale
+                });
                 m.pulls[action] += 1;
                 m.sums[action] += reward;
+                residual
             }
         }
     }

@@ -8,6 +8,7 @@ use rand::{RngExt, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use serde::{Deserialize, Serialize};
 
+use crate::drift::{DriftAlarm, DriftGuard};
 use crate::error::finite;
 use crate::model::{Model, RoundValues};
 use crate::safety::{BudgetLedger, SafetyRule, select};
@@ -23,7 +24,8 @@ pub enum Fallback {
     None,
     /// The safety rule played the baseline because the proposal could break the constraint.
     Budget,
-    /// The caller forced the baseline (`Policy::decide_baseline`, the kill switch).
+    /// The baseline was forced: by the caller (`Policy::decide_baseline`, the kill switch) or by a drift
+    /// alarm (`Policy::drift_alarm`).
     Forced,
 }
 
@@ -101,6 +103,10 @@ pub struct PolicyStats {
     pub last_margin: Option<f64>,
     /// Number of model updates: changes whenever the model learns.
     pub model_version: u64,
+    /// The drift guard's CUSUM statistic (0 without a guard).
+    pub drift_statistic: f64,
+    /// The drift guard's alarm, while raised.
+    pub drift_alarm: Option<DriftAlarm>,
 }
 
 /// How the base learner ranks actions and proposes one.
@@ -130,6 +136,7 @@ pub struct Policy {
     model: Model,
     proposer: Proposer,
     ledger: Option<BudgetLedger>,
+    drift: Option<DriftGuard>,
     #[serde(with = "sorted_pending")]
     pending: HashMap<DecisionId, PendingDecision, DeterministicHasher>,
     rng: Xoshiro256PlusPlus,
@@ -176,6 +183,7 @@ impl Policy {
             model: Model::new(&config),
             proposer,
             ledger,
+            drift: config.drift_guard.map(DriftGuard::new),
             pending: HashMap::default(),
             rng: Xoshiro256PlusPlus::seed_from_u64(config.seed),
             propensity_rng: Xoshiro256PlusPlus::seed_from_u64(config.seed ^ 0x9e37_79b9_7f4a_7c15),
@@ -193,7 +201,13 @@ impl Policy {
 
     /// Counters since the policy was created.
     pub fn stats(&self) -> PolicyStats {
-        PolicyStats { pending: self.pending.len() as u64, model_version: self.model.observations(), ..self.stats }
+        PolicyStats {
+            pending: self.pending.len() as u64,
+            model_version: self.model.observations(),
+            drift_statistic: self.drift.as_ref().map_or(0.0, DriftGuard::statistic),
+            drift_alarm: self.drift_alarm(),
+            ..self.stats
+        }
     }
 
     /// The current parameter estimate: theta_hat (shared), per-action blocks concatenated (disjoint), or the
@@ -207,6 +221,20 @@ impl Policy {
     /// the learner must keep (1 - alpha) of.
     pub fn baseline_estimate(&self) -> Option<f64> {
         self.ledger.as_ref().map(|ledger| ledger.baseline_estimate(&self.model))
+    }
+
+    /// The drift guard's alarm, while raised: decisions then play the baseline (`Fallback::Forced`) and
+    /// keep teaching the model, until `clear_drift_alarm`.
+    pub fn drift_alarm(&self) -> Option<DriftAlarm> {
+        self.drift.as_ref().and_then(DriftGuard::alarm)
+    }
+
+    /// Clears a drift alarm (the operator's "resume"): the policy explores again with the model it has.
+    /// To start from scratch instead, build a new policy.
+    pub fn clear_drift_alarm(&mut self) {
+        if let Some(guard) = &mut self.drift {
+            guard.clear();
+        }
     }
 
     /// Ids of the decisions still waiting for a reward, in increasing order.
@@ -253,6 +281,9 @@ impl Policy {
 
     /// Chooses an action for the round. On error nothing changed.
     pub fn decide(&mut self, round: &Round<'_>) -> Result<Decision, EngineError> {
+        if self.drift_alarm().is_some() {
+            return self.decide_baseline(round);
+        }
         let (k, baseline_mean) = self.check_round(round)?;
         let b = round.baseline;
         let actions = &round.actions;
@@ -449,9 +480,12 @@ impl Policy {
     fn learn(&mut self, id: DecisionId, reward: Option<f64>) {
         let Some(decision) = self.pending.remove(&id) else { return };
         if let Some(reward) = reward {
-            self.model.learn(&decision.features, decision.action, reward);
+            let residual = self.model.learn(&decision.features, decision.action, reward);
             self.stats.rewards += 1;
             self.stats.reward_sum += reward;
+            if let (Some(guard), Some(z)) = (&mut self.drift, residual) {
+                guard.observe(z, self.stats.rewards);
+            }
         }
         self.scratch.spare_buffers.push(decision.features);
     }

@@ -123,8 +123,9 @@ impl RidgeState {
         params.noise_scale * width + self.lambda.sqrt() * params.theta_norm_bound
     }
 
-    /// Adds the observation (x, r): O(d^2), no allocation.
-    pub(crate) fn observe(&mut self, x: &[f64], reward: f64, refactor_every: u32) {
+    /// Adds the observation (x, r): O(d^2), no allocation. Returns the prediction error r - <x, theta_hat>
+    /// divided by sqrt(1 + x^T V^-1 x), both taken before the update (the drift guard's residual, up to R).
+    pub(crate) fn observe(&mut self, x: &[f64], reward: f64, refactor_every: u32) -> f64 {
         let d = self.dim();
         if self.scratch.len() != d {
             self.scratch = DVector::zeros(d);
@@ -155,6 +156,7 @@ impl RidgeState {
         if self.since_refactor >= refactor_every {
             self.refactor();
         }
+        (reward - prediction) / s.sqrt()
     }
 
     /// Adds x to history vector k, given u = V^-1 x (which the caller already computed while deciding).

@@ -21,6 +21,8 @@ pub enum Command {
     Simulate(simulate::SimulateArgs),
     /// Run the gRPC decision service (decisions, rewards, experiment admin, health, reflection).
     Serve(serve::ServeArgs),
+    /// Off-policy evaluation: estimate a target policy's value from logged decisions (IPS, SNIPS, DM, DR).
+    Ope(ope::OpeArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -28,9 +30,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Validate(args) => validate::run(args),
         Command::Simulate(args) => simulate::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::Ope(args) => ope::run(args),
     }
 }
 
+mod ope;
 mod serve;
 mod simulate;
 mod validate;

@@ -91,9 +91,10 @@ pub struct DecisionLogSettings {
 }
 
 impl Default for DecisionLogSettings {
-    /// 1,000 resamples, 95% intervals, seed 0, 10 pseudo-observations, 3 folds, tau = 20.
+    /// 10,000 resamples and 95% intervals (obp's `estimate_interval` defaults), seed 0, 10 pseudo-observations,
+    /// 3 folds, tau = 10.
     fn default() -> Self {
-        DecisionLogSettings { resamples: 1_000, alpha: 0.05, seed: 0, smoothing: 10.0, folds: 3, tau: 20.0 }
+        DecisionLogSettings { resamples: 10_000, alpha: 0.05, seed: 0, smoothing: 10.0, folds: 3, tau: 10.0 }
     }
 }
 

@@ -21,13 +21,15 @@ pub enum Estimator {
     /// Direct method (Beygelzimer & Langford 2009; Dudik et al. 2011): `mean_i sum_a pi_e(a|x_i) q_hat(x_i, a)`,
     /// at each round's logged position. Low variance, and as biased as the reward model. obp's `DirectMethod`.
     Dm,
-    /// Doubly robust (Dudik, Langford, Li 2011, "Doubly Robust Policy Evaluation and Learning"): the direct method plus the importance-weighted residual
-    /// of the logged action, `mean_i [q_hat(x_i, pi_e) + w_i (r_i - q_hat(x_i, a_i))]`. Consistent if either
-    /// the propensities or the reward model are right. obp's `DoublyRobust` with `lambda_ = inf`.
+    /// Doubly robust (Dudik, Langford, Li 2011, "Doubly Robust Policy Evaluation and Learning"): the direct
+    /// method plus the importance-weighted residual of the logged action,
+    /// `mean_i [q_hat(x_i, pi_e) + w_i (r_i - q_hat(x_i, a_i))]`. Consistent if either the propensities or the
+    /// reward model are right. obp's `DoublyRobust` with `lambda_ = inf`.
     Dr,
-    /// Switch doubly robust (Wang, Agarwal, Dudik 2017, "Optimal and Adaptive Off-policy Evaluation"): doubly robust on rounds with `w_i <= tau`,
-    /// the direct method alone on rounds whose weight exceeds `tau`. `tau = inf` is DR, `tau = 0` is DM
-    /// wherever the target puts weight on the logged action. obp's `SwitchDoublyRobust(lambda_ = tau)`.
+    /// Switch doubly robust (Wang, Agarwal, Dudik 2017, "Optimal and Adaptive Off-policy Evaluation in
+    /// Contextual Bandits"): doubly robust on rounds with `w_i <= tau`, the direct method alone on rounds whose
+    /// weight exceeds `tau`, trading the variance of large weights for the reward model's bias. `tau = inf`
+    /// is DR; `tau = 0` is DM. obp's `SwitchDoublyRobust(lambda_ = tau)`.
     SwitchDr {
         /// The weight threshold, at least 0 (may be infinite).
         tau: f64,
@@ -35,9 +37,6 @@ pub enum Estimator {
 }
 
 impl Estimator {
-    /// The four standard estimators, in the order reports print them.
-    pub const STANDARD: [Estimator; 4] = [Estimator::Ips, Estimator::Snips, Estimator::Dm, Estimator::Dr];
-
     /// A short name for reports: "ips", "snips", "dm", "dr", "switch-dr".
     pub fn name(&self) -> &'static str {
         match self {

@@ -72,8 +72,8 @@ impl BetaPrior {
 /// `BernoulliTS.compute_batch_action_dist`): over `samples` simulations, draw one Beta sample per item, rank
 /// the items by it in decreasing order and count which item lands at each of the first `len_list`
 /// positions. Returns the K x `len_list` frequencies, action-major (entry `a * len_list + k`); each position's
-/// column sums to 1. Ties between samples (probability zero) go to the higher item index, as numpy's
-/// `argsort()[::-1]` does for equal keys.
+/// column sums to 1. Ties between samples (probability zero) go to the higher item index, as a stable
+/// `argsort()[::-1]` would order them.
 pub fn bernoulli_ts_action_dist<R: Rng + ?Sized>(
     prior: &BetaPrior,
     len_list: usize,
@@ -139,20 +139,20 @@ pub struct ObdSettings {
 }
 
 impl Default for ObdSettings {
-    /// obp's defaults where it has one (100,000 simulations, alpha 0.05, seed 12345 as in obp's examples, 3
-    /// folds as in its OBD example); 1,000 resamples keep the run about a second; 50 pseudo-impressions
-    /// is about one cell's worth of the 10,000-impression sample (80 items x 3 positions, 42 impressions
-    /// per cell); tau = 20 switches to the direct method where Thompson sampling shows an item at a slot
-    /// with probability above 20 / 80 = 0.25.
+    /// obp's defaults where it has one: 100,000 simulations (`n_sim`), 10,000 resamples
+    /// (`estimate_interval`), alpha 0.05, seed 12345 (obp's examples), 3 folds (its OBD example). 50
+    /// pseudo-impressions is about one cell's worth of the 10,000-impression sample (80 items x 3 slots, 42
+    /// impressions per cell). tau = 10 switches to the direct method where Thompson sampling shows an item at
+    /// a slot with probability above 10 / 80 = 0.125 (the largest weight on the sample is about 19.5).
     fn default() -> Self {
         ObdSettings {
             samples: 100_000,
-            resamples: 1_000,
+            resamples: 10_000,
             alpha: 0.05,
             seed: 12_345,
             smoothing: 50.0,
             folds: 3,
-            tau: 20.0,
+            tau: 10.0,
         }
     }
 }
@@ -202,6 +202,9 @@ pub fn evaluate_bts_on_obd(
     len_list: usize,
     settings: &ObdSettings,
 ) -> Result<ObdEvaluation, OpeError> {
+    if random_log.is_empty() {
+        return Err(OpeError::EmptyLog);
+    }
     check_range("alpha", settings.alpha, 0.0, 1.0)?;
     let switch_dr = Estimator::SwitchDr { tau: settings.tau };
     switch_dr.validate()?;

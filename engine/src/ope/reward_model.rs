@@ -83,8 +83,9 @@ impl CellRewardModel {
     /// at least 2, round i belongs to fold `i % folds` and is predicted by the model fitted on the other
     /// folds, so no round's prediction has seen its own reward and the doubly robust correction is not
     /// shrunk toward zero by overfitting. Folds are interleaved by round index (obp shuffles with
-    /// scikit-learn's `KFold`), which keeps them deterministic and spreads a time-ordered log. Returns one model per fold; with `folds = 1`, the one model fitted
-    /// on every round (in-sample). Needs at least `folds` observations.
+    /// scikit-learn's `KFold`), which keeps them deterministic and spreads a time-ordered log. Returns one
+    /// model per fold; with `folds = 1`, the one model fitted on every round (in-sample). Needs at least
+    /// `folds` observations.
     pub fn cross_fit(
         num_actions: usize,
         num_positions: usize,
