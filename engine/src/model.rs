@@ -304,6 +304,22 @@ impl Model {
         }
     }
 
+    /// The point estimate of every action's expected reward, <x_a, theta_hat> (arm means for arms). The
+    /// round must have passed `check`. Allocates: for evaluation and reports, not the decision path.
+    pub(crate) fn mean_estimates(&self, actions: &ActionSet<'_>, k: usize) -> Vec<f64> {
+        match self {
+            Model::Shared(m) => {
+                let theta = m.ridge.theta().as_slice();
+                features_of(actions).chunks_exact(theta.len()).take(k).map(|x| dot(x, theta)).collect()
+            }
+            Model::Disjoint(m) => {
+                let context = context_of(actions);
+                m.blocks.iter().map(|b| dot(context, b.theta().as_slice())).collect()
+            }
+            Model::Arms(m) => (0..k).map(|a| m.mean(a)).collect(),
+        }
+    }
+
     /// The current parameter estimate (per-action blocks concatenated; arm means for arms).
     pub(crate) fn theta_hat(&self) -> Vec<f64> {
         match self {

@@ -12,7 +12,7 @@ use crate::drift::{DriftAlarm, DriftGuard};
 use crate::error::finite;
 use crate::model::{Model, RoundValues};
 use crate::safety::{BudgetLedger, SafetyRule, select};
-use crate::{Algorithm, BaselineReward, BudgetCheck, EngineError, PendingResolution, PolicyConfig, Round};
+use crate::{ActionSet, Algorithm, BaselineReward, BudgetCheck, EngineError, PendingResolution, PolicyConfig, Round};
 
 /// Identifies a decision within its policy: 0, 1, 2, ... in decision order.
 pub type DecisionId = u64;
@@ -214,6 +214,21 @@ impl Policy {
     /// arms' empirical means (arms).
     pub fn theta_hat(&self) -> Vec<f64> {
         self.model.theta_hat()
+    }
+
+    /// The action the current model believes best on `actions` (highest <x_a, theta_hat>, lowest index on
+    /// ties): the deterministic "learner snapshot" policy that off-policy evaluation compares with the
+    /// baseline. Changes nothing; bad input is the same typed error `decide` would give.
+    pub fn greedy_action(&self, actions: &ActionSet<'_>) -> Result<usize, EngineError> {
+        let k = self.model.check(actions)?;
+        let means = self.model.mean_estimates(actions, k);
+        let mut best = 0;
+        for (a, &mean) in means.iter().enumerate() {
+            if mean > means[best] {
+                best = a;
+            }
+        }
+        Ok(best)
     }
 
     /// The baseline's cumulative expected reward over every round so far (conservative policies only): the

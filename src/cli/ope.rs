@@ -22,7 +22,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use flate2::read::GzDecoder;
 use safebet_engine::{
     BetaPrior, BootstrapInterval, DecisionLogEvaluation, DecisionLogSettings, DecisionTarget, Estimator,
-    LoggedDecision, ObdEvaluation, ObdImpression, ObdSettings, evaluate_bts_on_obd, evaluate_decision_log,
+    LoggedDecision, ObdEvaluation, ObdImpression, ObdSettings, Policy, evaluate_bts_on_obd, evaluate_decision_log,
 };
 
 /// Estimate a target policy's value from decisions another policy logged: IPS, SNIPS, direct method, doubly
@@ -93,6 +93,8 @@ pub enum TargetArg {
     Baseline,
     /// Each of the round's actions with equal probability.
     Uniform,
+    /// A learner snapshot (--model) played greedily: the model's best action on each logged round.
+    Learner,
 }
 
 #[derive(Debug, Args)]
@@ -102,6 +104,10 @@ pub struct LogArgs {
     /// Target policies to evaluate [default: baseline and uniform].
     #[arg(long = "target", value_enum)]
     pub targets: Vec<TargetArg>,
+    /// The learner snapshot for `--target learner`: an experiment exported with `safebet export` (or a bare
+    /// engine policy state as JSON). The log must carry each decision's features.
+    #[arg(long, value_name = "FILE")]
+    pub model: Option<PathBuf>,
     /// Seed of the bootstrap.
     #[arg(long, value_name = "S", default_value_t = 0)]
     pub seed: u64,
@@ -154,18 +160,29 @@ fn run_obd(args: ObdArgs) -> Result<()> {
 fn run_log(args: LogArgs) -> Result<()> {
     let started = Instant::now();
     let decisions = read_decision_log(&args.file)?;
-    let mut targets: Vec<DecisionTarget> = args
-        .targets
+    let learner = match &args.model {
+        Some(path) => Some(read_policy_snapshot(path)?),
+        None => None,
+    };
+    let mut requested = args.targets.clone();
+    if requested.is_empty() {
+        requested = vec![TargetArg::Baseline, TargetArg::Uniform];
+        if learner.is_some() {
+            requested.push(TargetArg::Learner);
+        }
+    }
+    requested.dedup();
+    let targets = requested
         .iter()
         .map(|t| match t {
-            TargetArg::Baseline => DecisionTarget::Baseline,
-            TargetArg::Uniform => DecisionTarget::Uniform,
+            TargetArg::Baseline => Ok(DecisionTarget::Baseline),
+            TargetArg::Uniform => Ok(DecisionTarget::Uniform),
+            TargetArg::Learner => learner
+                .as_ref()
+                .map(DecisionTarget::Learner)
+                .ok_or_else(|| anyhow::anyhow!("--target learner needs --model FILE (a learner snapshot)")),
         })
-        .collect();
-    if targets.is_empty() {
-        targets = vec![DecisionTarget::Baseline, DecisionTarget::Uniform];
-    }
-    targets.dedup();
+        .collect::<Result<Vec<_>>>()?;
     let settings = DecisionLogSettings {
         resamples: args.common.resamples,
         alpha: args.common.alpha,
@@ -189,6 +206,27 @@ fn run_log(args: LogArgs) -> Result<()> {
 
 // ---------------------------------------------------------------------------------------------------------
 // Reading
+
+/// A learner snapshot: a bare engine `Policy` as JSON, or an export whose top-level object holds one (under
+/// any key, e.g. `policy`).
+fn read_policy_snapshot(path: &Path) -> Result<Policy> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+    let direct = serde_json::from_value::<Policy>(value.clone());
+    if let Ok(policy) = direct {
+        return Ok(policy);
+    }
+    if let Some(fields) = value.as_object() {
+        for inner in fields.values() {
+            if let Ok(policy) = serde_json::from_value::<Policy>(inner.clone()) {
+                return Ok(policy);
+            }
+        }
+    }
+    let reason = direct.err().map(|e| e.to_string()).unwrap_or_default();
+    bail!("{} holds no learner snapshot (an engine policy state): {reason}", path.display())
+}
 
 /// `DIR/NAME.gz` if it exists (the copy shipped in the repository), else `DIR/NAME` (e.g. ../shared/data/obd).
 fn data_file(dir: &Path, name: &str) -> Result<PathBuf> {
@@ -407,10 +445,7 @@ fn print_log(path: &Path, e: &DecisionLogEvaluation, seconds: f64) {
         println!();
         println!(
             "target {}: the logged action has positive probability on {} of {} rounds, weights up to {:.2}",
-            t.target.name(),
-            t.overlap,
-            e.rewarded,
-            t.max_weight
+            t.target, t.overlap, e.rewarded, t.max_weight
         );
         println!(
             "{:<22} {:>10}  {:<24} {:>14}",
@@ -432,7 +467,7 @@ fn print_log(path: &Path, e: &DecisionLogEvaluation, seconds: f64) {
         let d = &t.logged_minus_target;
         println!(
             "{:<22} {:>10.6}  {:<24} {:>14.6}",
-            format!("logged - {} (dr)", t.target.name()),
+            format!("logged - {} (dr)", t.target),
             d.estimate,
             interval_text(d),
             d.mean

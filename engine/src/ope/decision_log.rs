@@ -11,6 +11,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::{ActionSet, Layout, Policy};
+
 use super::bootstrap::EstimatorInterval;
 use super::{
     BootstrapInterval, CellRewardModel, Estimator, LoggedBandit, LoggedRound, OpeError, bootstrap_interval,
@@ -42,33 +44,51 @@ pub struct LoggedDecision {
     pub features: Option<Vec<f64>>,
 }
 
-/// A target policy that needs nothing but the logged round.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DecisionTarget {
+/// A target policy to evaluate on the log.
+#[derive(Debug, Clone, Copy)]
+pub enum DecisionTarget<'a> {
     /// Always the round's baseline action: the product as it was before the experiment.
     Baseline,
     /// Each of the round's actions with probability 1 / num_actions.
     Uniform,
+    /// A learner snapshot played greedily ([`Policy::greedy_action`]): what the experiment's model would do
+    /// now if it stopped exploring. Needs each decision's `features`.
+    Learner(&'a Policy),
 }
 
-impl DecisionTarget {
-    /// "baseline" or "uniform".
+impl DecisionTarget<'_> {
+    /// "baseline", "uniform" or "learner".
     pub fn name(self) -> &'static str {
         match self {
             DecisionTarget::Baseline => "baseline",
             DecisionTarget::Uniform => "uniform",
+            DecisionTarget::Learner(_) => "learner",
         }
     }
 
     /// The target's distribution over `width >= decision.num_actions` actions (zero beyond the round's own).
-    fn distribution(self, decision: &LoggedDecision, width: usize) -> Vec<f64> {
+    fn distribution(self, round: usize, decision: &LoggedDecision, width: usize) -> Result<Vec<f64>, OpeError> {
         let mut pi = vec![0.0; width];
         match self {
             DecisionTarget::Baseline => pi[decision.baseline] = 1.0,
             DecisionTarget::Uniform => pi[..decision.num_actions].fill(1.0 / decision.num_actions as f64),
+            DecisionTarget::Learner(policy) => {
+                let features = decision.features.as_deref().ok_or(OpeError::MissingFeatures { round })?;
+                let actions = match policy.config().layout {
+                    Layout::Shared { .. } => ActionSet::PerAction { features, num_actions: decision.num_actions },
+                    Layout::Disjoint { .. } => ActionSet::SharedContext { context: features },
+                    Layout::Arms { .. } => ActionSet::Arms,
+                };
+                let action = policy
+                    .greedy_action(&actions)
+                    .map_err(|error| OpeError::Snapshot { round, reason: error.to_string() })?;
+                if action >= decision.num_actions {
+                    return Err(OpeError::ActionOutOfRange { round, action, num_actions: decision.num_actions });
+                }
+                pi[action] = 1.0;
+            }
         }
-        pi
+        Ok(pi)
     }
 }
 
@@ -101,8 +121,8 @@ impl Default for DecisionLogSettings {
 /// One target's estimates on the decision log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TargetEvaluation {
-    /// The target policy.
-    pub target: DecisionTarget,
+    /// The target policy's name ("baseline", "uniform", "learner").
+    pub target: String,
     /// IPS, SNIPS, DM, DR and Switch-DR with their intervals.
     pub estimates: Vec<EstimatorInterval>,
     /// The logged policy's mean reward minus the target's doubly robust estimate, with a paired bootstrap
@@ -160,7 +180,7 @@ fn check_decision(round: usize, d: &LoggedDecision) -> Result<(), OpeError> {
 /// actions of the widest round.
 pub fn decision_log_bandit(
     rewarded: &[LoggedDecision],
-    target: DecisionTarget,
+    target: DecisionTarget<'_>,
     width: usize,
     models: &[CellRewardModel],
 ) -> Result<LoggedBandit, OpeError> {
@@ -170,7 +190,8 @@ pub fn decision_log_bandit(
             return Err(OpeError::ActionOutOfRange { round: i, action: d.num_actions - 1, num_actions: width });
         }
     }
-    let distributions: Vec<Vec<f64>> = rewarded.iter().map(|d| target.distribution(d, width)).collect();
+    let distributions: Vec<Vec<f64>> =
+        rewarded.iter().enumerate().map(|(i, d)| target.distribution(i, d, width)).collect::<Result<_, _>>()?;
     let rounds = rewarded.iter().zip(&distributions).enumerate().map(|(i, (d, pi))| LoggedRound {
         action: d.action,
         position: 0,
@@ -188,7 +209,7 @@ pub fn decision_log_bandit(
 /// and compares each target with the logged policy's own mean reward.
 pub fn evaluate_decision_log(
     decisions: &[LoggedDecision],
-    targets: &[DecisionTarget],
+    targets: &[DecisionTarget<'_>],
     settings: &DecisionLogSettings,
 ) -> Result<DecisionLogEvaluation, OpeError> {
     check_range("alpha", settings.alpha, 0.0, 1.0)?;
@@ -228,7 +249,7 @@ pub fn evaluate_decision_log(
                 bootstrap_mean_interval(&differences, settings.resamples, settings.alpha, settings.seed)?;
             let weights = log.importance_weights();
             Ok(TargetEvaluation {
-                target,
+                target: target.name().to_string(),
                 estimates,
                 logged_minus_target,
                 overlap: weights.iter().filter(|&&w| w > 0.0).count(),

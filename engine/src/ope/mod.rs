@@ -100,6 +100,20 @@ pub enum OpeError {
         /// Number of actions of the round.
         num_actions: usize,
     },
+    /// The learner target needs the round's features, and the logged decision has none.
+    #[error("round {round}: the decision has no features, which the learner target needs")]
+    MissingFeatures {
+        /// The round.
+        round: usize,
+    },
+    /// The learner snapshot refused the round (e.g. its features have the wrong dimension).
+    #[error("round {round}: the learner snapshot cannot act on this round: {reason}")]
+    Snapshot {
+        /// The round.
+        round: usize,
+        /// The engine's error.
+        reason: String,
+    },
     /// A logged decision offers no action.
     #[error("round {round}: the decision offers no action")]
     NoActions {
