@@ -19,6 +19,10 @@ use safebet_proto::experiment_admin_client::ExperimentAdminClient;
 use safebet_service::{ServeOptions, SqliteStore};
 use tonic::transport::Channel;
 
+/// The allocator the `safebet` binary uses, so the server measured here is the one that ships.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const DIM: usize = 32;
 const ACTIONS: usize = 16;
 const IN_FLIGHT: usize = 64;
