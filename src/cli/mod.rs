@@ -23,6 +23,12 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Off-policy evaluation: estimate a target policy's value from logged decisions (IPS, SNIPS, DM, DR).
     Ope(ope::OpeArgs),
+    /// Export the decision log from a data directory as JSON lines or CSV (rewards joined to decisions).
+    Log(log::LogArgs),
+    /// Write an experiment's complete state (model, budget ledger, pending decisions) to a file.
+    Export(transfer::ExportArgs),
+    /// Create an experiment on a server from a file written by `safebet export`.
+    Import(transfer::ImportArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -31,10 +37,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Simulate(args) => simulate::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Ope(args) => ope::run(args),
+        Command::Log(args) => log::run(args),
+        Command::Export(args) => transfer::export(args),
+        Command::Import(args) => transfer::import(args),
     }
 }
 
+mod log;
 mod ope;
 mod serve;
 mod simulate;
+mod transfer;
 mod validate;

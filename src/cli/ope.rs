@@ -207,25 +207,25 @@ fn run_log(args: LogArgs) -> Result<()> {
 // ---------------------------------------------------------------------------------------------------------
 // Reading
 
-/// A learner snapshot: a bare engine `Policy` as JSON, or an export whose top-level object holds one (under
-/// any key, e.g. `policy`).
+/// A learner snapshot: a bare engine `Policy` as JSON, or a file holding one in a nested object (e.g. what
+/// `safebet export` writes, where it sits at `state.policy`).
 fn read_policy_snapshot(path: &Path) -> Result<Policy> {
+    fn find(value: &serde_json::Value, depth: usize) -> Option<Policy> {
+        if let Ok(policy) = serde_json::from_value::<Policy>(value.clone()) {
+            return Some(policy);
+        }
+        if depth == 0 {
+            return None;
+        }
+        value.as_object()?.values().find_map(|inner| find(inner, depth - 1))
+    }
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let value: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
-    let direct = serde_json::from_value::<Policy>(value.clone());
-    if let Ok(policy) = direct {
-        return Ok(policy);
+    match find(&value, 2) {
+        Some(policy) => Ok(policy),
+        None => bail!("{} holds no learner snapshot (an engine policy state)", path.display()),
     }
-    if let Some(fields) = value.as_object() {
-        for inner in fields.values() {
-            if let Ok(policy) = serde_json::from_value::<Policy>(inner.clone()) {
-                return Ok(policy);
-            }
-        }
-    }
-    let reason = direct.err().map(|e| e.to_string()).unwrap_or_default();
-    bail!("{} holds no learner snapshot (an engine policy state): {reason}", path.display())
 }
 
 /// `DIR/NAME.gz` if it exists (the copy shipped in the repository), else `DIR/NAME` (e.g. ../shared/data/obd).

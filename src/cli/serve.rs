@@ -7,17 +7,36 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Args;
-use safebet_service::{ExperimentsFile, ServeOptions, SqliteStore};
+use clap::{Args, ValueEnum};
+use safebet_service::{ExperimentsFile, MemoryStore, ServeOptions, SqliteStore, Store};
+
+/// Where the service keeps its state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StoreKind {
+    /// Embedded SQLite in --data-dir: every decision and reward is committed to the decision log before it is
+    /// acknowledged (group commit), and a restart continues exactly where the service stopped.
+    Sqlite,
+    /// Nothing is kept: state dies with the process. For measuring what durability costs and for throwaway
+    /// runs; never for real traffic.
+    Memory,
+}
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:50051")]
     listen: SocketAddr,
-    /// Directory of the embedded store (experiment definitions and learner snapshots).
+    /// Directory of the embedded store: experiment definitions, the decision log and learner snapshots, in
+    /// one SQLite file (safebet.sqlite3) that sqlite3 or pandas can read while the service runs.
     #[arg(long, default_value = "safebet-data")]
     data_dir: PathBuf,
+    /// Where state is kept.
+    #[arg(long, value_enum, default_value_t = StoreKind::Sqlite)]
+    store: StoreKind,
+    /// Retention: delete the decision log up to each stored snapshot (the log then reaches back only to the
+    /// latest snapshot; `safebet log` exports only what is kept).
+    #[arg(long)]
+    compact_log: bool,
     /// TOML file declaring experiments (`[[experiment]]` tables); created at start if not stored yet.
     #[arg(long)]
     experiments: Option<PathBuf>,
@@ -37,10 +56,19 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         Some(path) => ExperimentsFile::read(path)?.experiment,
         None => Vec::new(),
     };
-    let store = SqliteStore::open(&args.data_dir)
-        .with_context(|| format!("opening the store in {}", args.data_dir.display()))?;
-    let mut options = ServeOptions::new(Arc::new(store));
+    let store: Arc<dyn Store> = match args.store {
+        StoreKind::Sqlite => Arc::new(
+            SqliteStore::open(&args.data_dir)
+                .with_context(|| format!("opening the store in {}", args.data_dir.display()))?,
+        ),
+        StoreKind::Memory => {
+            tracing::warn!("--store memory: nothing is kept; state dies with the process");
+            Arc::new(MemoryStore)
+        }
+    };
+    let mut options = ServeOptions::new(store);
     options.declared = declared;
+    options.compact_log = args.compact_log;
     options.snapshot_interval = Duration::from_secs(args.snapshot_interval_secs.max(1));
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;

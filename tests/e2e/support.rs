@@ -8,7 +8,7 @@ use std::time::Duration;
 use safebet_proto as pb;
 use safebet_proto::decision_service_client::DecisionServiceClient;
 use safebet_proto::experiment_admin_client::ExperimentAdminClient;
-use safebet_service::{ExperimentDef, Limits, ServeError, ServeOptions, SqliteStore};
+use safebet_service::{ExperimentDef, Limits, ServeError, ServeOptions, SqliteStore, Store};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
@@ -33,9 +33,13 @@ impl TestServer {
 
     /// A server on `data_dir`, with declared experiments and limits.
     pub async fn start_with(data_dir: &Path, declared: Vec<ExperimentDef>, limits: Limits) -> TestServer {
+        Self::start_on(Arc::new(SqliteStore::open(data_dir).unwrap()), declared, limits).await
+    }
+
+    /// A server on any store.
+    pub async fn start_on(store: Arc<dyn Store>, declared: Vec<ExperimentDef>, limits: Limits) -> TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
-        let store = Arc::new(SqliteStore::open(data_dir).unwrap());
         let mut options = ServeOptions::new(store);
         options.declared = declared;
         options.limits = limits;

@@ -10,8 +10,12 @@ use tonic::{Request, Response, Status};
 
 use crate::ServiceError;
 use crate::definition::{ExperimentDef, check_experiment_id};
-use crate::registry::{Experiment, Registry, Report};
-use crate::store::{Store, StoreError};
+use crate::registry::{Experiment, Registry, Report, SavedState};
+use crate::store::{Snapshot, Store, StoreError, StoredExperiment, Write};
+use crate::writer::Commit;
+
+/// The format tag of exported experiments.
+pub const EXPORT_FORMAT: &str = "safebet-experiment/1";
 
 /// Serves `safebet.v1.ExperimentAdmin`.
 pub struct AdminApi {
@@ -64,7 +68,7 @@ impl AdminApi {
         let _changes = self.changes.lock().await;
         self.registry.check_insert(&definition.id)?;
         definition.created_unix_ms = now_unix_ms();
-        let experiment = Arc::new(Experiment::new(definition.clone())?);
+        let experiment = Arc::new(self.registry.fresh(definition.clone())?);
         let saved = definition.clone();
         blocking(&self.store, move |store| store.save_definition(&saved)).await?;
         self.registry.insert(experiment)?;
@@ -72,20 +76,83 @@ impl AdminApi {
         Ok(definition.to_proto())
     }
 
+    async fn export(&self, id: &str) -> Result<pb::ExportModelResponse, ServiceError> {
+        let experiment = self.experiment(id)?;
+        let (definition, snapshot) = experiment.export()?;
+        let state: serde_json::Value = serde_json::from_slice(&snapshot.state)
+            .map_err(|e| ServiceError::FailedPrecondition(format!("exporting '{id}': {e}")))?;
+        let model = serde_json::json!({ "format": EXPORT_FORMAT, "definition": definition, "state": state });
+        let model = serde_json::to_vec(&model)
+            .map_err(|e| ServiceError::FailedPrecondition(format!("exporting '{id}': {e}")))?;
+        Ok(pb::ExportModelResponse { id: id.to_owned(), sequence: snapshot.sequence, model })
+    }
+
+    async fn import(&self, request: pb::ImportModelRequest) -> Result<pb::Experiment, ServiceError> {
+        #[derive(serde::Deserialize)]
+        struct Exported {
+            format: String,
+            definition: ExperimentDef,
+            state: Box<serde_json::value::RawValue>,
+        }
+        let bad = |what: String| ServiceError::InvalidArgument(format!("model is not an exported experiment: {what}"));
+        let exported: Exported = serde_json::from_slice(&request.model).map_err(|e| bad(e.to_string()))?;
+        if exported.format != EXPORT_FORMAT {
+            return Err(bad(format!("format '{}', expected '{EXPORT_FORMAT}'", exported.format)));
+        }
+        let saved: SavedState = serde_json::from_str(exported.state.get()).map_err(|e| bad(e.to_string()))?;
+        let mut definition = exported.definition;
+        if !request.id.is_empty() {
+            definition.id = request.id;
+        }
+        check_experiment_id(&definition.id)?;
+        definition.check(self.registry.limits())?;
+        if saved.policy.config() != &definition.policy
+            && (saved.policy.config().algorithm != definition.policy.algorithm
+                || saved.policy.config().layout != definition.policy.layout)
+        {
+            return Err(bad("the state's policy does not match the definition's".into()));
+        }
+        let snapshot = Snapshot {
+            experiment_id: definition.id.clone(),
+            sequence: saved.sequence,
+            state: exported.state.get().as_bytes().to_vec(),
+        };
+        let _changes = self.changes.lock().await;
+        self.registry.check_insert(&definition.id)?;
+        definition.created_unix_ms = now_unix_ms();
+        let stored = StoredExperiment { definition: definition.clone(), snapshot: Some(snapshot.clone()), log: vec![] };
+        let experiment = Arc::new(self.registry.rebuilt(&stored, std::time::Instant::now())?);
+        let saved_definition = definition.clone();
+        blocking(&self.store, move |store| store.save_definition(&saved_definition)).await?;
+        if let Some(writer) = self.registry.writer() {
+            let commit = writer.submit(Write::Snapshot { snapshot, compact: false });
+            if let Err(reason) = commit.wait().await {
+                let id = definition.id.clone();
+                let _ = blocking(&self.store, move |store| store.delete_experiment(&id)).await;
+                return Err(ServiceError::Unavailable(reason));
+            }
+        }
+        self.registry.insert(experiment)?;
+        tracing::info!(experiment = %definition.id, "experiment imported");
+        Ok(definition.to_proto())
+    }
+
     /// Applies a change to an experiment, saves its definition, and undoes the change if saving fails.
     async fn change<T: Copy + Send + 'static>(
         &self,
         id: &str,
-        apply: impl Fn(&Experiment, T) -> Result<T, ServiceError>,
+        apply: impl Fn(&Experiment, T) -> Result<(T, Commit), ServiceError>,
         value: T,
     ) -> Result<pb::Experiment, ServiceError> {
         let _changes = self.changes.lock().await;
         let experiment = self.experiment(id)?;
-        let previous = apply(&experiment, value)?;
+        let (previous, commit) = apply(&experiment, value)?;
+        commit.wait().await.map_err(ServiceError::Unavailable)?;
         let definition = experiment.definition();
         let saved = definition.clone();
         if let Err(e) = blocking(&self.store, move |store| store.save_definition(&saved)).await {
-            apply(&experiment, previous)?;
+            let (_, undo) = apply(&experiment, previous)?;
+            undo.wait().await.map_err(ServiceError::Unavailable)?;
             return Err(e.into());
         }
         Ok(definition.to_proto())
@@ -97,7 +164,7 @@ fn state(paused: bool) -> i32 {
 }
 
 fn to_report(report: Report) -> pb::ExperimentReport {
-    let Report { definition, stats, known_baseline_sum, sequence } = report;
+    let Report { definition, stats, known_baseline_sum, baseline_estimate, sequence } = report;
     pb::ExperimentReport {
         experiment_id: definition.id,
         state: state(definition.paused),
@@ -108,7 +175,7 @@ fn to_report(report: Report) -> pb::ExperimentReport {
         rewards_dropped: stats.dropped,
         rewards_defaulted: stats.defaulted,
         cumulative_reward: stats.reward_sum,
-        baseline_estimate: known_baseline_sum,
+        baseline_estimate: known_baseline_sum.or(baseline_estimate),
         budget_margin: stats.last_margin,
         learner_plays: stats.learner_plays,
         baseline_plays: stats.baseline_plays,
@@ -196,6 +263,11 @@ impl pb::experiment_admin_server::ExperimentAdmin for AdminApi {
         let deleted = id.clone();
         blocking(&self.store, move |store| store.delete_experiment(&deleted)).await.map_err(ServiceError::from)?;
         self.registry.remove(&id)?;
+        // Records of calls that were deciding as it was removed are dropped by the store (no definition);
+        // wait for them, so that an experiment created next under the same id starts with an empty log.
+        if let Some(writer) = self.registry.writer() {
+            let _ = writer.barrier().wait().await;
+        }
         tracing::info!(experiment = %id, "experiment deleted");
         Ok(Response::new(pb::DeleteExperimentResponse {}))
     }
@@ -206,5 +278,16 @@ impl pb::experiment_admin_server::ExperimentAdmin for AdminApi {
     ) -> Result<Response<pb::ExperimentReport>, Status> {
         let experiment = self.experiment(&request.into_inner().id)?;
         Ok(Response::new(to_report(experiment.report())))
+    }
+
+    async fn export_model(
+        &self,
+        request: Request<pb::ExportModelRequest>,
+    ) -> Result<Response<pb::ExportModelResponse>, Status> {
+        Ok(Response::new(self.export(&request.into_inner().id).await?))
+    }
+
+    async fn import_model(&self, request: Request<pb::ImportModelRequest>) -> Result<Response<pb::Experiment>, Status> {
+        Ok(Response::new(self.import(request.into_inner()).await?))
     }
 }

@@ -14,6 +14,7 @@ use crate::definition::{check_action_ids, check_experiment_id};
 use crate::error::item_error;
 use crate::limits::{Limits, MAX_EVENT_ID_LEN};
 use crate::registry::{Answer, DecideInput, Experiment, Registry};
+use crate::writer::Commit;
 
 /// Serves `safebet.v1.DecisionService` from the registry.
 #[derive(Debug, Clone)]
@@ -27,24 +28,26 @@ impl DecisionApi {
         DecisionApi { registry }
     }
 
+    /// Decides one request; the answer may be given once the commit resolves.
     fn decide_one(
         &self,
         request: &pb::DecideRequest,
         cached: &mut Option<Arc<Experiment>>,
         now: Instant,
-    ) -> Result<pb::DecideResponse, ServiceError> {
+    ) -> Result<(pb::DecideResponse, Commit), ServiceError> {
         let limits = self.registry.limits();
         let experiment = self.experiment(&request.experiment_id, cached)?;
         let input = decide_input(&experiment, request, limits)?;
-        let answer = experiment.decide(&input, limits, now)?;
-        Ok(to_response(answer))
+        let (answer, commit) = experiment.decide(&input, limits, now)?;
+        Ok((to_response(answer), commit))
     }
 
+    /// Applies one reward; the answer may be given once the commit resolves.
     fn reward_one(
         &self,
         request: &pb::RewardRequest,
         cached: &mut Option<Arc<Experiment>>,
-    ) -> Result<pb::RewardResponse, ServiceError> {
+    ) -> Result<(pb::RewardResponse, Commit), ServiceError> {
         let experiment = self.experiment(&request.experiment_id, cached)?;
         check_event_id("event_id", &request.event_id)?;
         let value = match request.value {
@@ -54,8 +57,8 @@ impl DecisionApi {
             }
             Some(v) => v,
         };
-        let answer = experiment.reward(&request.event_id, value)?;
-        Ok(pb::RewardResponse { model_version: answer.model_version, sequence: answer.sequence })
+        let (answer, commit) = experiment.reward(&request.event_id, value)?;
+        Ok((pb::RewardResponse { model_version: answer.model_version, sequence: answer.sequence }, commit))
     }
 
     /// Looks the experiment up, reusing the previous item's when a batch names the same one.
@@ -82,11 +85,19 @@ impl DecisionApi {
     }
 }
 
+/// Waits for a commit; a failed one turns the answer into UNAVAILABLE (the change is not acknowledged).
+async fn durable<T>(result: Result<(T, Commit), ServiceError>) -> Result<T, ServiceError> {
+    let (value, commit) = result?;
+    commit.wait().await.map_err(ServiceError::Unavailable)?;
+    Ok(value)
+}
+
 #[tonic::async_trait]
 impl pb::decision_service_server::DecisionService for DecisionApi {
     async fn decide(&self, request: Request<pb::DecideRequest>) -> Result<Response<pb::DecideResponse>, Status> {
         let request = request.into_inner();
-        Ok(Response::new(self.decide_one(&request, &mut None, Instant::now())?))
+        let decided = self.decide_one(&request, &mut None, Instant::now());
+        Ok(Response::new(durable(decided).await?))
     }
 
     async fn decide_batch(
@@ -97,22 +108,24 @@ impl pb::decision_service_server::DecisionService for DecisionApi {
         self.check_batch("decisions", request.requests.len())?;
         let now = Instant::now();
         let mut cached = None;
-        let results = request
-            .requests
-            .iter()
-            .map(|item| pb::DecideResult {
-                outcome: Some(match self.decide_one(item, &mut cached, now) {
+        // Decide every item first, then wait for their commits: they share one group commit.
+        let decided: Vec<_> = request.requests.iter().map(|item| self.decide_one(item, &mut cached, now)).collect();
+        let mut results = Vec::with_capacity(decided.len());
+        for outcome in decided {
+            results.push(pb::DecideResult {
+                outcome: Some(match durable(outcome).await {
                     Ok(decision) => pb::decide_result::Outcome::Decision(decision),
                     Err(error) => pb::decide_result::Outcome::Error(item_error(error)),
                 }),
-            })
-            .collect();
+            });
+        }
         Ok(Response::new(pb::DecideBatchResponse { results }))
     }
 
     async fn reward(&self, request: Request<pb::RewardRequest>) -> Result<Response<pb::RewardResponse>, Status> {
         let request = request.into_inner();
-        Ok(Response::new(self.reward_one(&request, &mut None)?))
+        let applied = self.reward_one(&request, &mut None);
+        Ok(Response::new(durable(applied).await?))
     }
 
     async fn reward_batch(
@@ -122,16 +135,16 @@ impl pb::decision_service_server::DecisionService for DecisionApi {
         let request = request.into_inner();
         self.check_batch("rewards", request.rewards.len())?;
         let mut cached = None;
-        let results = request
-            .rewards
-            .iter()
-            .map(|item| pb::RewardResult {
-                outcome: Some(match self.reward_one(item, &mut cached) {
+        let applied: Vec<_> = request.rewards.iter().map(|item| self.reward_one(item, &mut cached)).collect();
+        let mut results = Vec::with_capacity(applied.len());
+        for outcome in applied {
+            results.push(pb::RewardResult {
+                outcome: Some(match durable(outcome).await {
                     Ok(applied) => pb::reward_result::Outcome::Applied(applied),
                     Err(error) => pb::reward_result::Outcome::Error(item_error(error)),
                 }),
-            })
-            .collect();
+            });
+        }
         Ok(Response::new(pb::RewardBatchResponse { results }))
     }
 }

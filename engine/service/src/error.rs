@@ -36,6 +36,9 @@ pub enum ServiceError {
     /// The embedded store failed; the change was not made and may be retried.
     #[error("storage unavailable: {0}")]
     Store(#[from] StoreError),
+    /// The decision log refuses writes (an earlier commit failed); nothing was changed.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl ServiceError {
@@ -52,7 +55,7 @@ impl ServiceError {
             ServiceError::AlreadyExists(_) => Code::AlreadyExists,
             ServiceError::FailedPrecondition(_) => Code::FailedPrecondition,
             ServiceError::ResourceExhausted(_) => Code::ResourceExhausted,
-            ServiceError::Store(_) => Code::Unavailable,
+            ServiceError::Store(_) | ServiceError::Unavailable(_) => Code::Unavailable,
             ServiceError::Engine { source, .. } => match source.kind() {
                 ErrorKind::InvalidArgument => Code::InvalidArgument,
                 ErrorKind::NotFound => Code::NotFound,

@@ -19,7 +19,9 @@ use serde::{Deserialize, Serialize};
 use crate::ServiceError;
 use crate::definition::ExperimentDef;
 use crate::limits::Limits;
-use crate::store::Snapshot;
+use crate::log::{DecisionRecord, LogEntry, LogRecord};
+use crate::store::{Snapshot, StoreError, StoredExperiment, Write};
+use crate::writer::{Commit, LogWriter};
 
 /// All experiments, by id.
 #[derive(Debug)]
@@ -27,12 +29,29 @@ pub struct Registry {
     /// Read by every call, written only by create and delete (which the admin layer serialises).
     experiments: RwLock<HashMap<String, Arc<Experiment>>>,
     limits: Limits,
+    /// The decision log's writer, handed to every experiment (none: nothing is logged).
+    writer: Option<Arc<LogWriter>>,
 }
 
 impl Registry {
-    /// An empty registry enforcing `limits`.
-    pub fn new(limits: Limits) -> Registry {
-        Registry { experiments: RwLock::new(HashMap::new()), limits }
+    /// An empty registry enforcing `limits`, logging through `writer`.
+    pub fn new(limits: Limits, writer: Option<Arc<LogWriter>>) -> Registry {
+        Registry { experiments: RwLock::new(HashMap::new()), limits, writer }
+    }
+
+    /// The decision log's writer.
+    pub fn writer(&self) -> Option<&Arc<LogWriter>> {
+        self.writer.as_ref()
+    }
+
+    /// A fresh experiment of this registry (logging through its writer); not inserted yet.
+    pub fn fresh(&self, definition: ExperimentDef) -> Result<Experiment, ServiceError> {
+        Experiment::new(definition, &self.limits, self.writer.clone())
+    }
+
+    /// An experiment of this registry rebuilt from the store; not inserted yet.
+    pub fn rebuilt(&self, stored: &StoredExperiment, now: Instant) -> Result<Experiment, ServiceError> {
+        Experiment::rebuild(stored, &self.limits, now, self.writer.clone())
     }
 
     /// The limits every call is checked against.
@@ -167,6 +186,9 @@ pub struct Report {
     pub stats: PolicyStats,
     /// Sum of the baseline expected rewards callers gave (known-baseline experiments).
     pub known_baseline_sum: Option<f64>,
+    /// The policy's estimate of the baseline's cumulative expected reward (conservative policies): the sum
+    /// given when known, the model's estimate when not.
+    pub baseline_estimate: Option<f64>,
     /// Position of the latest decision, reward or timeout.
     pub sequence: u64,
 }
@@ -197,12 +219,44 @@ impl IdempotencyWindow {
 
 /// What a snapshot holds: everything needed to continue exactly where the experiment was.
 #[derive(Serialize, Deserialize)]
-struct SavedState {
-    sequence: u64,
-    known_baseline_sum: f64,
-    policy: Policy,
+pub(crate) struct SavedState {
+    pub(crate) sequence: u64,
+    pub(crate) known_baseline_sum: f64,
+    pub(crate) policy: Policy,
     /// Client event ids, oldest first.
-    events: Vec<(String, Answer)>,
+    pub(crate) events: Vec<(String, Answer)>,
+    /// Pending decisions' reward deadlines (Unix ms), in decision order, so timeouts keep counting across a
+    /// restart.
+    #[serde(default)]
+    pub(crate) deadlines: Vec<(i64, DecisionId)>,
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub(crate) fn now_unix_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// The instant of a Unix-ms deadline, as seen from `now` (past deadlines are due now).
+fn instant_of(deadline_unix_ms: i64, now: Instant) -> Instant {
+    let remaining = deadline_unix_ms.saturating_sub(now_unix_ms()).max(0);
+    now + Duration::from_millis(remaining as u64)
+}
+
+/// The answer a logged decision gave, for the idempotency window.
+fn answer_of(logged: &DecisionRecord, sequence: u64) -> Answer {
+    Answer {
+        decision_id: logged.decision_id,
+        event_id: logged.event_id.clone(),
+        action: logged.action,
+        action_id: logged.action_id.clone(),
+        proposed_action: logged.proposed_action,
+        propensity: logged.propensity,
+        propensity_estimated: logged.propensity_estimated,
+        fallback: logged.fallback,
+        played_baseline: logged.played_baseline,
+        model_version: logged.model_version,
+        sequence,
+    }
 }
 
 /// Fixed, per-experiment facts the API layer validates requests against without taking the lock.
@@ -234,6 +288,10 @@ pub struct Experiment {
     shape: Shape,
     /// Held only while the engine decides or learns, or while a snapshot clones the state.
     state: Mutex<ExperimentState>,
+    /// Where every change is logged before it is acknowledged (none: nothing is logged, e.g. in replays).
+    writer: Option<Arc<LogWriter>>,
+    /// How many client event ids are remembered (the limits'), also when replaying.
+    idempotency_window: usize,
 }
 
 #[derive(Debug)]
@@ -250,51 +308,151 @@ struct ExperimentState {
     flushed_revision: u64,
     known_baseline_sum: f64,
     idempotency: IdempotencyWindow,
-    /// Decisions in decision order with the instant their reward times out (empty without a timeout).
-    deadlines: VecDeque<(Instant, DecisionId)>,
+    /// Decisions in decision order with the instant their reward times out and the same deadline in Unix
+    /// ms (empty without a timeout).
+    deadlines: VecDeque<(Instant, i64, DecisionId)>,
 }
 
 impl Experiment {
-    /// A fresh experiment from a checked definition.
-    pub fn new(definition: ExperimentDef) -> Result<Experiment, ServiceError> {
+    /// A fresh experiment from a checked definition, logging to `writer`.
+    pub fn new(
+        definition: ExperimentDef,
+        limits: &Limits,
+        writer: Option<Arc<LogWriter>>,
+    ) -> Result<Experiment, ServiceError> {
         let policy = Policy::new(definition.policy.clone())
             .map_err(|e| ServiceError::engine(format!("experiment '{}'", definition.id), e))?;
-        Ok(Self::assemble(definition, policy, 0, 0.0, Vec::new(), Instant::now()))
+        let saved = SavedState { sequence: 0, known_baseline_sum: 0.0, policy, events: Vec::new(), deadlines: vec![] };
+        Ok(Self::assemble(definition, saved, limits, Instant::now(), writer))
     }
 
-    /// An experiment continuing from a stored snapshot (or fresh, without one). Pending decisions get a full
-    /// reward timeout from `now`: the clock of the process that made them is gone.
-    pub fn restore(
-        definition: ExperimentDef,
-        snapshot: Option<&Snapshot>,
+    /// An experiment rebuilt from the store: its latest snapshot (or a fresh state), then every log record
+    /// after it, applied exactly as the live experiment applied them. Each replayed decision must come out
+    /// as logged (same decision id and action), or the store is reported corrupt. Pending decisions keep
+    /// their reward deadlines.
+    pub fn rebuild(
+        stored: &StoredExperiment,
+        limits: &Limits,
         now: Instant,
+        writer: Option<Arc<LogWriter>>,
     ) -> Result<Experiment, ServiceError> {
-        let Some(snapshot) = snapshot else { return Self::new(definition) };
-        let context = format!("experiment '{}'", definition.id);
-        let saved: SavedState = serde_json::from_slice(&snapshot.state).map_err(|e| {
-            ServiceError::Store(crate::store::StoreError::Corrupt { id: definition.id.clone(), reason: e.to_string() })
-        })?;
-        let mut policy = saved.policy;
-        // The definition is written on every admin change, the snapshot only periodically: the definition's
-        // alpha is the newer one.
-        if policy.config().alpha != definition.policy.alpha {
-            policy.set_alpha(definition.policy.alpha).map_err(|e| ServiceError::engine(context, e))?;
+        let definition = stored.definition.clone();
+        let corrupt = |reason: String| ServiceError::Store(StoreError::Corrupt { id: definition.id.clone(), reason });
+        let saved = match &stored.snapshot {
+            Some(snapshot) => {
+                let saved: SavedState = serde_json::from_slice(&snapshot.state).map_err(|e| corrupt(e.to_string()))?;
+                saved
+            }
+            None => {
+                let policy = Policy::new(definition.policy.clone())
+                    .map_err(|e| ServiceError::engine(format!("experiment '{}'", definition.id), e))?;
+                SavedState { sequence: 0, known_baseline_sum: 0.0, policy, events: Vec::new(), deadlines: vec![] }
+            }
+        };
+        let experiment = Self::assemble(definition.clone(), saved, limits, now, writer);
+        {
+            let mut state = experiment.lock();
+            for record in &stored.log {
+                experiment.replay(&mut state, record, now).map_err(corrupt)?;
+            }
+            // Every alpha change is in the log before its definition is saved: if the process died in between,
+            // the log (what the policy actually ran with) wins.
+            let alpha = state.policy.config().alpha;
+            state.definition.policy.alpha = alpha;
         }
-        Ok(Self::assemble(definition, policy, saved.sequence, saved.known_baseline_sum, saved.events, now))
+        Ok(experiment)
+    }
+
+    /// Applies one logged record to the state, checking it continues the history.
+    fn replay(&self, state: &mut ExperimentState, record: &LogRecord, now: Instant) -> Result<(), String> {
+        if record.sequence != state.sequence + 1 {
+            return Err(format!(
+                "the log jumps from sequence {} to {}: a record is missing",
+                state.sequence, record.sequence
+            ));
+        }
+        let at = |what: &str| format!("replaying log record {} ({what})", record.sequence);
+        match &record.entry {
+            LogEntry::Decision(logged) => {
+                let actions = match self.shape.layout {
+                    Layout::Shared { .. } => {
+                        ActionSet::PerAction { features: &logged.features, num_actions: logged.num_actions }
+                    }
+                    Layout::Disjoint { .. } => ActionSet::SharedContext { context: &logged.features },
+                    Layout::Arms { .. } => ActionSet::Arms,
+                };
+                let round = Round {
+                    actions,
+                    baseline: logged.baseline,
+                    baseline_expected_reward: logged.baseline_expected_reward,
+                };
+                let decision =
+                    if logged.paused { state.policy.decide_baseline(&round) } else { state.policy.decide(&round) }
+                        .map_err(|e| format!("{}: {e}", at("decision")))?;
+                if decision.id != logged.decision_id || decision.action != logged.action {
+                    return Err(format!(
+                        "{}: the engine decided #{} action {}, the log says #{} action {}",
+                        at("decision"),
+                        decision.id,
+                        decision.action,
+                        logged.decision_id,
+                        logged.action
+                    ));
+                }
+                if self.shape.baseline_known
+                    && let Some(mu) = logged.baseline_expected_reward
+                {
+                    state.known_baseline_sum += mu;
+                }
+                if let Some(timeout) = self.shape.reward_timeout {
+                    let deadline_ms = record.unix_ms.saturating_add(timeout.as_millis() as i64);
+                    state.deadlines.push_back((instant_of(deadline_ms, now), deadline_ms, decision.id));
+                }
+                if logged.client_event_id {
+                    state.idempotency.insert(
+                        &logged.event_id,
+                        answer_of(logged, record.sequence),
+                        self.idempotency_window,
+                    );
+                }
+            }
+            LogEntry::Reward { decision_id, value, .. } => {
+                state.policy.observe_reward(*decision_id, *value).map_err(|e| format!("{}: {e}", at("reward")))?;
+            }
+            LogEntry::Timeout { decision_id } => {
+                state.policy.expire(*decision_id).map_err(|e| format!("{}: {e}", at("timeout")))?;
+            }
+            LogEntry::Alpha { alpha } => {
+                state.policy.set_alpha(*alpha).map_err(|e| format!("{}: {e}", at("alpha")))?;
+            }
+        }
+        state.sequence = record.sequence;
+        Ok(())
+    }
+
+    /// Replaces the state with the store's (after a failed commit left memory ahead of the log).
+    pub fn reload(&self, stored: &StoredExperiment, limits: &Limits, now: Instant) -> Result<(), ServiceError> {
+        let rebuilt = Experiment::rebuild(stored, limits, now, None)?;
+        let fresh = rebuilt.state.into_inner().unwrap_or_else(|p| p.into_inner());
+        let mut state = self.lock();
+        if !state.deleted {
+            *state = fresh;
+        }
+        Ok(())
     }
 
     fn assemble(
         definition: ExperimentDef,
-        policy: Policy,
-        sequence: u64,
-        known_baseline_sum: f64,
-        events: Vec<(String, Answer)>,
+        saved: SavedState,
+        limits: &Limits,
         now: Instant,
+        writer: Option<Arc<LogWriter>>,
     ) -> Experiment {
+        let SavedState { sequence, known_baseline_sum, policy, events, deadlines } = saved;
         let reward_timeout =
             (definition.reward_timeout_ms > 0).then(|| Duration::from_millis(definition.reward_timeout_ms));
         let deadlines = match reward_timeout {
-            Some(timeout) => policy.pending_ids().into_iter().map(|id| (now + timeout, id)).collect(),
+            Some(_) => deadlines.into_iter().map(|(ms, id)| (instant_of(ms, now), ms, id)).collect(),
             None => VecDeque::new(),
         };
         let mut idempotency = IdempotencyWindow::default();
@@ -323,6 +481,29 @@ impl Experiment {
                 idempotency,
                 deadlines,
             }),
+            writer,
+            idempotency_window: limits.idempotency_window,
+        }
+    }
+
+    /// Logs `entry` as the state's current sequence (the caller just advanced it), under the lock.
+    fn log(&self, state: &ExperimentState, unix_ms: i64, entry: LogEntry) -> Commit {
+        match &self.writer {
+            None => Commit::done(),
+            Some(writer) => writer.submit(Write::Log(LogRecord {
+                experiment_id: self.id.clone(),
+                sequence: state.sequence,
+                unix_ms,
+                entry,
+            })),
+        }
+    }
+
+    /// UNAVAILABLE while the log refuses writes: nothing may change in memory that the log cannot hold.
+    fn check_writable(&self) -> Result<(), ServiceError> {
+        match self.writer.as_ref().and_then(|w| w.failure()) {
+            Some(reason) => Err(ServiceError::Unavailable(reason)),
+            None => Ok(()),
         }
     }
 
@@ -347,8 +528,14 @@ impl Experiment {
     }
 
     /// Decides one round: replays the first answer for a known client event id, plays the baseline when
-    /// paused, lets the learner (and its safety rule) decide otherwise.
-    pub fn decide(&self, input: &DecideInput<'_>, limits: &Limits, now: Instant) -> Result<Answer, ServiceError> {
+    /// paused, lets the learner (and its safety rule) decide otherwise. The decision is in the log once the
+    /// returned [`Commit`] resolves; only then may it be acknowledged.
+    pub fn decide(
+        &self,
+        input: &DecideInput<'_>,
+        limits: &Limits,
+        now: Instant,
+    ) -> Result<(Answer, Commit), ServiceError> {
         let mut state = self.lock();
         let state = &mut *state;
         if state.deleted {
@@ -357,8 +544,11 @@ impl Experiment {
         if let Some(client_event_id) = input.client_event_id
             && let Some(answer) = state.idempotency.get(client_event_id)
         {
-            return Ok(answer.clone());
+            // The first answer may still be on its way to disk: acknowledge the retry once it is there.
+            let commit = self.writer.as_ref().map_or_else(Commit::done, |w| w.barrier());
+            return Ok((answer.clone(), commit));
         }
+        self.check_writable()?;
         let pending = state.policy.stats().pending;
         if pending >= limits.max_pending {
             return Err(ServiceError::ResourceExhausted(format!(
@@ -372,9 +562,9 @@ impl Experiment {
             baseline: input.baseline,
             baseline_expected_reward: input.baseline_expected_reward,
         };
-        let decision =
-            if state.definition.paused { state.policy.decide_baseline(&round) } else { state.policy.decide(&round) }
-                .map_err(|e| ServiceError::engine(format!("experiment '{}'", self.id), e))?;
+        let paused = state.definition.paused;
+        let decision = if paused { state.policy.decide_baseline(&round) } else { state.policy.decide(&round) }
+            .map_err(|e| ServiceError::engine(format!("experiment '{}'", self.id), e))?;
 
         state.sequence += 1;
         state.revision += 1;
@@ -400,17 +590,51 @@ impl Experiment {
             model_version: state.policy.stats().model_version,
             sequence: state.sequence,
         };
+        let unix_ms = now_unix_ms();
         if let Some(timeout) = self.shape.reward_timeout {
-            state.deadlines.push_back((now + timeout, decision.id));
+            state.deadlines.push_back((now + timeout, unix_ms.saturating_add(timeout.as_millis() as i64), decision.id));
         }
         if let Some(client_event_id) = input.client_event_id {
             state.idempotency.insert(client_event_id, answer.clone(), limits.idempotency_window);
         }
-        Ok(answer)
+        let commit = if self.writer.is_some() {
+            let (features, num_actions) = match input.actions {
+                ActionSet::PerAction { features, num_actions } => (features.to_vec(), num_actions),
+                ActionSet::SharedContext { context } => (context.to_vec(), self.shape.action_ids.len().max(1)),
+                ActionSet::Arms => (Vec::new(), self.shape.action_ids.len().max(1)),
+            };
+            let num_actions = match self.shape.layout {
+                Layout::Disjoint { actions, .. } | Layout::Arms { actions } => actions,
+                Layout::Shared { .. } => num_actions,
+            };
+            let record = DecisionRecord {
+                decision_id: answer.decision_id,
+                event_id: answer.event_id.clone(),
+                client_event_id: input.client_event_id.is_some(),
+                num_actions,
+                features,
+                round_action_ids: input.round_action_ids.to_vec(),
+                baseline: input.baseline,
+                baseline_expected_reward: input.baseline_expected_reward,
+                paused,
+                action: answer.action,
+                action_id: answer.action_id.clone(),
+                proposed_action: answer.proposed_action,
+                propensity: answer.propensity,
+                propensity_estimated: answer.propensity_estimated,
+                fallback: answer.fallback,
+                played_baseline: answer.played_baseline,
+                model_version: answer.model_version,
+            };
+            self.log(state, unix_ms, LogEntry::Decision(Box::new(record)))
+        } else {
+            Commit::done()
+        };
+        Ok((answer, commit))
     }
 
     /// Applies the reward of the decision named `event_id` (a client event id, or `#n` for server ids).
-    pub fn reward(&self, event_id: &str, value: f64) -> Result<RewardAnswer, ServiceError> {
+    pub fn reward(&self, event_id: &str, value: f64) -> Result<(RewardAnswer, Commit), ServiceError> {
         let mut state = self.lock();
         if state.deleted {
             return Err(self.gone());
@@ -436,6 +660,7 @@ impl Experiment {
                 }
             },
         };
+        self.check_writable()?;
         state.policy.observe_reward(decision_id, value).map_err(|e| {
             let context = format!("experiment '{}', event '{}'", self.id, event_id.escape_debug());
             match e {
@@ -448,7 +673,9 @@ impl Experiment {
         })?;
         state.sequence += 1;
         state.revision += 1;
-        Ok(RewardAnswer { model_version: state.policy.stats().model_version, sequence: state.sequence })
+        let commit =
+            self.log(&state, now_unix_ms(), LogEntry::Reward { decision_id, event_id: event_id.to_owned(), value });
+        Ok((RewardAnswer { model_version: state.policy.stats().model_version, sequence: state.sequence }, commit))
     }
 
     /// Resolves, as the experiment's `on_timeout` says, every decision whose reward is overdue at `now`.
@@ -456,11 +683,15 @@ impl Experiment {
     /// decisions it resolved and whether overdue ones remain.
     pub fn expire_due(&self, now: Instant, max: usize) -> (usize, bool) {
         let mut state = self.lock();
+        if self.check_writable().is_err() {
+            return (0, false);
+        }
         let mut resolved = 0;
         let mut examined = 0;
+        let unix_ms = now_unix_ms();
         while examined < max {
             match state.deadlines.front() {
-                Some(&(deadline, id)) if deadline <= now => {
+                Some(&(deadline, _, id)) if deadline <= now => {
                     state.deadlines.pop_front();
                     examined += 1;
                     // A decision whose reward arrived is resolved already: nothing to do.
@@ -468,37 +699,49 @@ impl Experiment {
                         state.sequence += 1;
                         state.revision += 1;
                         resolved += 1;
+                        if let Some(writer) = &self.writer {
+                            writer.submit_detached(Write::Log(LogRecord {
+                                experiment_id: self.id.clone(),
+                                sequence: state.sequence,
+                                unix_ms,
+                                entry: LogEntry::Timeout { decision_id: id },
+                            }));
+                        }
                     }
                 }
                 _ => return (resolved, false),
             }
         }
-        let more = state.deadlines.front().is_some_and(|&(deadline, _)| deadline <= now);
+        let more = state.deadlines.front().is_some_and(|&(deadline, _, _)| deadline <= now);
         (resolved, more)
     }
 
-    /// Changes the risk budget; returns the previous alpha.
-    pub fn set_alpha(&self, alpha: f64) -> Result<f64, ServiceError> {
+    /// Changes the risk budget; returns the previous alpha and the commit of the change to the log.
+    pub fn set_alpha(&self, alpha: f64) -> Result<(f64, Commit), ServiceError> {
         let mut state = self.lock();
         if state.deleted {
             return Err(self.gone());
         }
+        self.check_writable()?;
         let previous = state.policy.config().alpha;
         state.policy.set_alpha(alpha).map_err(|e| ServiceError::engine(format!("experiment '{}'", self.id), e))?;
         state.definition.policy.alpha = alpha;
+        state.sequence += 1;
         state.revision += 1;
-        Ok(previous)
+        let commit = self.log(&state, now_unix_ms(), LogEntry::Alpha { alpha });
+        Ok((previous, commit))
     }
 
-    /// Sets the kill switch; returns its previous position.
-    pub fn set_paused(&self, paused: bool) -> Result<bool, ServiceError> {
+    /// Sets the kill switch; returns its previous position. Nothing to log: each decision records whether
+    /// the experiment was paused.
+    pub fn set_paused(&self, paused: bool) -> Result<(bool, Commit), ServiceError> {
         let mut state = self.lock();
         if state.deleted {
             return Err(self.gone());
         }
         let previous = std::mem::replace(&mut state.definition.paused, paused);
         state.revision += 1;
-        Ok(previous)
+        Ok((previous, Commit::done()))
     }
 
     /// The current definition.
@@ -513,6 +756,7 @@ impl Experiment {
             definition: state.definition.clone(),
             stats: state.policy.stats(),
             known_baseline_sum: self.shape.baseline_known.then_some(state.known_baseline_sum),
+            baseline_estimate: state.policy.baseline_estimate(),
             sequence: state.sequence,
         }
     }
@@ -520,22 +764,42 @@ impl Experiment {
     /// A snapshot of the state if it changed since the last stored one (or always, with `force`), with the
     /// revision it includes. The lock is held only to clone; serialising happens outside it.
     pub fn snapshot(&self, force: bool) -> Option<(Snapshot, u64)> {
-        let (policy, sequence, known_baseline_sum, events, revision) = {
+        let (policy, sequence, known_baseline_sum, events, deadlines, revision) = {
             let state = self.lock();
             if state.deleted || (!force && state.revision == state.flushed_revision) {
                 return None;
             }
+            let deadlines: Vec<(i64, DecisionId)> = state.deadlines.iter().map(|&(_, ms, id)| (ms, id)).collect();
             let events: Vec<(String, Answer)> = state
                 .idempotency
                 .order
                 .iter()
                 .filter_map(|id| state.idempotency.answers.get(id).map(|a| (id.clone(), a.clone())))
                 .collect();
-            (state.policy.clone(), state.sequence, state.known_baseline_sum, events, state.revision)
+            (state.policy.clone(), state.sequence, state.known_baseline_sum, events, deadlines, state.revision)
         };
-        let saved = SavedState { sequence, known_baseline_sum, policy, events };
+        let saved = SavedState { sequence, known_baseline_sum, policy, events, deadlines };
         let bytes = serde_json::to_vec(&saved).expect("an experiment's state always serialises to JSON");
         Some((Snapshot { experiment_id: self.id.clone(), sequence, state: bytes }, revision))
+    }
+
+    /// The definition and a snapshot of the state, taken under one lock (so they agree), for export.
+    pub fn export(&self) -> Result<(ExperimentDef, Snapshot), ServiceError> {
+        let definition = {
+            let state = self.lock();
+            if state.deleted {
+                return Err(self.gone());
+            }
+            state.definition.clone()
+        };
+        // The snapshot takes the lock again; an alpha change in between shows in both the policy and, on
+        // import, is reconciled from the definition (whose alpha the rebuilt policy adopts).
+        let (snapshot, _) = self.snapshot(true).ok_or_else(|| self.gone())?;
+        let mut definition = definition;
+        if let Ok(saved) = serde_json::from_slice::<SavedState>(&snapshot.state) {
+            definition.policy.alpha = saved.policy.config().alpha;
+        }
+        Ok((definition, snapshot))
     }
 
     /// Records that the snapshot of `revision` is stored.
@@ -571,7 +835,8 @@ mod tests {
         (0..k * d).map(|i| (((i * 7 + round * 13) % 17) as f64 / 17.0 - 0.4) / (d as f64).sqrt()).collect()
     }
 
-    /// Runs `rounds` decide/reward pairs on `experiment`, returning the answers.
+    /// Runs `rounds` decide/reward pairs on `experiment` (waiting for each commit), returning the answers.
+    /// Every third reward is left out, so pending decisions are part of the state.
     fn drive(experiment: &Experiment, from: usize, rounds: usize, k: usize, d: usize) -> Vec<Answer> {
         let limits = Limits::default();
         (from..from + rounds)
@@ -582,45 +847,102 @@ mod tests {
                     Layout::Disjoint { .. } => ActionSet::SharedContext { context: &x[..d] },
                     Layout::Arms { .. } => ActionSet::Arms,
                 };
+                let event = format!("c{t}");
                 let input = DecideInput {
-                    client_event_id: None,
+                    client_event_id: (t % 2 == 0).then_some(event.as_str()),
                     actions,
                     baseline: 0,
                     baseline_expected_reward: None,
                     round_action_ids: &[],
                 };
-                let answer = experiment.decide(&input, &limits, Instant::now()).unwrap();
-                let reward = 0.3 + 0.1 * (answer.action % 3) as f64 + 0.01 * (t % 5) as f64;
-                experiment.reward(&answer.event_id, reward).unwrap();
+                let (answer, commit) = experiment.decide(&input, &limits, Instant::now()).unwrap();
+                commit.wait_blocking().unwrap();
+                if t % 3 != 2 {
+                    let reward = 0.3 + 0.1 * (answer.action % 3) as f64 + 0.01 * (t % 5) as f64;
+                    let (_, commit) = experiment.reward(&answer.event_id, reward).unwrap();
+                    commit.wait_blocking().unwrap();
+                }
                 answer
             })
             .collect()
     }
 
+    fn policy_json(experiment: &Experiment) -> String {
+        serde_json::to_string(&experiment.lock().policy).unwrap()
+    }
+
     #[test]
-    fn snapshot_then_restore_continues_bit_for_bit() {
+    fn snapshot_plus_log_replay_equals_an_uninterrupted_run_for_every_algorithm() {
+        use crate::store::{SqliteStore, Store};
         for (algorithm, layout) in [
+            (Algorithm::Linucb, Layout::Shared { dim: 4 }),
             (Algorithm::Clucb, Layout::Shared { dim: 4 }),
             (Algorithm::Clucb2, Layout::Disjoint { dim: 4, actions: 4 }),
+            (Algorithm::Clucb, Layout::Disjoint { dim: 4, actions: 4 }),
             (Algorithm::Lints, Layout::Shared { dim: 4 }),
             (Algorithm::EpsilonGreedy, Layout::Shared { dim: 4 }),
             (Algorithm::ConservativeUcb, Layout::Arms { actions: 4 }),
             (Algorithm::Ucb1, Layout::Arms { actions: 4 }),
         ] {
-            let original = Experiment::new(definition(algorithm, layout)).unwrap();
-            drive(&original, 0, 40, 4, 4);
-            let (snapshot, _) = original.snapshot(false).unwrap();
-            let restored = Experiment::restore(original.definition(), Some(&snapshot), Instant::now()).unwrap();
-            let a = drive(&original, 40, 40, 4, 4);
-            let b = drive(&restored, 40, 40, 4, 4);
-            assert_eq!(a, b, "{algorithm:?} diverged after a snapshot round trip");
-            assert_eq!(original.report().stats, restored.report().stats);
+            for with_snapshot in [false, true] {
+                let dir = tempfile::tempdir().unwrap();
+                let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).unwrap());
+                let writer = Arc::new(LogWriter::start(store.clone()));
+                let def = definition(algorithm, layout);
+                store.save_definition(&def).unwrap();
+                let original = Experiment::new(def.clone(), &Limits::default(), Some(writer.clone())).unwrap();
+                drive(&original, 0, 30, 4, 4);
+                if with_snapshot {
+                    let (snapshot, _) = original.snapshot(false).unwrap();
+                    writer.submit(Write::Snapshot { snapshot, compact: true }).wait_blocking().unwrap();
+                }
+                original.set_alpha(0.2).unwrap().1.wait_blocking().unwrap();
+                drive(&original, 30, 30, 4, 4);
+                writer.stop();
+
+                let stored = store.load_experiment("e").unwrap().unwrap();
+                assert_eq!(stored.snapshot.is_some(), with_snapshot);
+                let rebuilt = Experiment::rebuild(&stored, &Limits::default(), Instant::now(), None).unwrap();
+                let context = format!("{algorithm:?} {layout:?} snapshot {with_snapshot}");
+                assert_eq!(policy_json(&original), policy_json(&rebuilt), "{context}: state differs after replay");
+                assert_eq!(original.report(), rebuilt.report(), "{context}");
+                let original = Experiment::rebuild(&stored, &Limits::default(), Instant::now(), None).unwrap();
+                let a = drive(&original, 60, 30, 4, 4);
+                let b = drive(&rebuilt, 60, 30, 4, 4);
+                assert_eq!(a, b, "{context}: diverged after the replay");
+            }
         }
     }
 
     #[test]
+    fn a_retried_client_event_id_gets_the_logged_answer_after_a_rebuild() {
+        use crate::store::{SqliteStore, Store};
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).unwrap());
+        let writer = Arc::new(LogWriter::start(store.clone()));
+        let def = definition(Algorithm::Clucb, Layout::Shared { dim: 4 });
+        store.save_definition(&def).unwrap();
+        let original = Experiment::new(def, &Limits::default(), Some(writer.clone())).unwrap();
+        let answers = drive(&original, 0, 10, 4, 4);
+        writer.stop();
+        let rebuilt = Experiment::rebuild(
+            &store.load_experiment("e").unwrap().unwrap(),
+            &Limits::default(),
+            Instant::now(),
+            None,
+        )
+        .unwrap();
+        // c0 was decided at t = 0 and rewarded: a retry returns the first answer, a second reward is refused.
+        assert_eq!(rebuilt.lock().idempotency.get("c0"), Some(&answers[0]));
+        assert_eq!(rebuilt.reward("c0", 0.5).unwrap_err().code(), tonic::Code::AlreadyExists);
+        // c2 was decided at t = 2 and never rewarded: its reward still joins after the rebuild.
+        assert!(rebuilt.reward("c2", 0.5).is_ok());
+    }
+
+    #[test]
     fn a_second_reward_is_already_exists_and_not_applied() {
-        let experiment = Experiment::new(definition(Algorithm::Clucb, Layout::Shared { dim: 4 })).unwrap();
+        let experiment =
+            Experiment::new(definition(Algorithm::Clucb, Layout::Shared { dim: 4 }), &Limits::default(), None).unwrap();
         let answer = drive(&experiment, 0, 1, 4, 4).pop().unwrap();
         let before = experiment.report();
         let error = experiment.reward(&answer.event_id, 0.5).unwrap_err();
@@ -635,7 +957,7 @@ mod tests {
     fn overdue_decisions_expire_and_rewarded_ones_are_left_alone() {
         let mut def = definition(Algorithm::Clucb, Layout::Shared { dim: 4 });
         def.reward_timeout_ms = 1000;
-        let experiment = Experiment::new(def).unwrap();
+        let experiment = Experiment::new(def, &Limits::default(), None).unwrap();
         let limits = Limits::default();
         let x = features(0, 4, 4);
         let start = Instant::now();
@@ -646,7 +968,7 @@ mod tests {
             baseline_expected_reward: None,
             round_action_ids: &[],
         };
-        let first = experiment.decide(&input, &limits, start).unwrap();
+        let (first, _) = experiment.decide(&input, &limits, start).unwrap();
         let _second = experiment.decide(&input, &limits, start).unwrap();
         experiment.reward(&first.event_id, 0.5).unwrap();
         assert_eq!(experiment.expire_due(start + Duration::from_millis(999), 10), (0, false));

@@ -16,8 +16,9 @@ use crate::admin::{AdminApi, blocking, now_unix_ms};
 use crate::decision::DecisionApi;
 use crate::definition::ExperimentDef;
 use crate::limits::Limits;
-use crate::registry::{Experiment, Registry};
-use crate::store::{Store, StoreError};
+use crate::registry::Registry;
+use crate::store::{Store, StoreError, Write};
+use crate::writer::LogWriter;
 
 /// HTTP/2 flow-control windows, bytes: large enough that a full batch needs no window update.
 const STREAM_WINDOW: u32 = 4 << 20;
@@ -51,6 +52,9 @@ pub struct ServeOptions {
     pub snapshot_interval: Duration,
     /// How often overdue rewards are looked for; a timeout fires at most this late.
     pub timeout_check_interval: Duration,
+    /// Delete the log records a stored snapshot includes (retention: the log then reaches back only to the
+    /// latest snapshot). Off by default: the log is the experiment's audit of record.
+    pub compact_log: bool,
 }
 
 impl ServeOptions {
@@ -62,6 +66,7 @@ impl ServeOptions {
             limits: Limits::default(),
             snapshot_interval: Duration::from_secs(30),
             timeout_check_interval: Duration::from_millis(50),
+            compact_log: false,
         }
     }
 }
@@ -73,20 +78,24 @@ impl std::fmt::Debug for ServeOptions {
             .field("limits", &self.limits)
             .field("snapshot_interval", &self.snapshot_interval)
             .field("timeout_check_interval", &self.timeout_check_interval)
+            .field("compact_log", &self.compact_log)
             .finish_non_exhaustive()
     }
 }
 
-/// Loads the stored experiments and adds the declared ones that are not stored yet.
-async fn load(options: &ServeOptions) -> Result<Arc<Registry>, ServeError> {
-    let registry = Arc::new(Registry::new(options.limits.clone()));
+/// Loads the stored experiments (snapshot, then the log after it) and adds the declared ones that are not
+/// stored yet.
+async fn load(options: &ServeOptions, writer: Option<Arc<LogWriter>>) -> Result<Arc<Registry>, ServeError> {
+    let registry = Arc::new(Registry::new(options.limits.clone(), writer));
     let stored = blocking(&options.store, |store| store.load()).await?;
     let now = Instant::now();
+    let mut replayed = 0;
     for record in &stored {
-        let experiment = Experiment::restore(record.definition.clone(), record.snapshot.as_ref(), now)?;
+        replayed += record.log.len();
+        let experiment = registry.rebuilt(record, now)?;
         registry.insert(Arc::new(experiment))?;
     }
-    tracing::info!(experiments = stored.len(), "stored experiments loaded");
+    tracing::info!(experiments = stored.len(), replayed, "stored experiments loaded");
     for declared in &options.declared {
         declared.check(&options.limits)?;
         if let Ok(existing) = registry.get(&declared.id) {
@@ -107,7 +116,7 @@ async fn load(options: &ServeOptions) -> Result<Arc<Registry>, ServeError> {
         registry.check_insert(&declared.id)?;
         let mut definition = declared.clone();
         definition.created_unix_ms = now_unix_ms();
-        let experiment = Arc::new(Experiment::new(definition.clone())?);
+        let experiment = Arc::new(registry.fresh(definition.clone())?);
         blocking(&options.store, move |store| store.save_definition(&definition)).await?;
         registry.insert(experiment)?;
         tracing::info!(experiment = %declared.id, "declared experiment created");
@@ -115,18 +124,62 @@ async fn load(options: &ServeOptions) -> Result<Arc<Registry>, ServeError> {
     Ok(registry)
 }
 
-/// Snapshots every experiment that changed since its last snapshot, in one store transaction.
-async fn flush(registry: &Registry, store: &Arc<dyn Store>) -> Result<usize, StoreError> {
+/// Snapshots every experiment that changed since its last snapshot. With a decision log the snapshots go
+/// through its writer, behind the records they include.
+async fn flush(registry: &Registry, store: &Arc<dyn Store>, compact: bool) -> Result<usize, ServiceError> {
     let taken: Vec<_> = registry.list().iter().filter_map(|e| e.snapshot(false).map(|s| (e.clone(), s))).collect();
     if taken.is_empty() {
         return Ok(0);
     }
-    let snapshots: Vec<_> = taken.iter().map(|(_, (snapshot, _))| snapshot.clone()).collect();
-    blocking(store, move |store| store.save_snapshots(&snapshots)).await?;
+    match registry.writer() {
+        Some(writer) => {
+            let commits: Vec<_> = taken
+                .iter()
+                .map(|(_, (snapshot, _))| writer.submit(Write::Snapshot { snapshot: snapshot.clone(), compact }))
+                .collect();
+            for commit in commits {
+                commit.wait().await.map_err(ServiceError::Unavailable)?;
+            }
+        }
+        None => {
+            let snapshots: Vec<_> = taken.iter().map(|(_, (snapshot, _))| snapshot.clone()).collect();
+            blocking(store, move |store| store.save_snapshots(&snapshots)).await?;
+        }
+    }
     for (experiment, (_, revision)) in &taken {
         experiment.mark_flushed(*revision);
     }
     Ok(taken.len())
+}
+
+/// After a failed commit: once the store accepts writes again, rebuilds every experiment from the store (so
+/// memory holds exactly what the log holds) and lets the writer accept writes.
+async fn recover(registry: &Registry, store: &Arc<dyn Store>) {
+    let Some(writer) = registry.writer() else { return };
+    if writer.failure().is_none() || blocking(store, |store| store.probe()).await.is_err() {
+        return;
+    }
+    // Everything queued before now is refused (the writer is failed); wait until it is drained.
+    let _ = writer.barrier().wait().await;
+    let now = Instant::now();
+    for experiment in registry.list() {
+        let id = experiment.id().to_owned();
+        match blocking(store, move |store| store.load_experiment(&id)).await {
+            Ok(Some(stored)) => {
+                if let Err(e) = experiment.reload(&stored, registry.limits(), now) {
+                    tracing::error!(experiment = %experiment.id(), error = %e, "rebuilding from the store failed");
+                    return;
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "reading the store while recovering failed; will retry");
+                return;
+            }
+        }
+    }
+    writer.resume();
+    tracing::warn!("the store accepts writes again: experiments rebuilt from the log, decisions resumed");
 }
 
 /// Resolves overdue decisions of every experiment with a reward timeout.
@@ -155,8 +208,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
     options: ServeOptions,
 ) -> Result<(), ServeError> {
-    let registry = load(&options).await?;
     let store = options.store.clone();
+    let writer = store.is_durable().then(|| Arc::new(LogWriter::start(store.clone())));
+    let registry = load(&options, writer.clone()).await?;
+    let compact = options.compact_log;
     let limits = options.limits.clone();
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -205,10 +260,26 @@ pub async fn run(
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
-                    _ = ticks.tick() => match flush(&registry, &store).await {
+                    _ = ticks.tick() => match flush(&registry, &store, compact).await {
                         Ok(n) => tracing::debug!(experiments = n, "periodic snapshot"),
                         Err(e) => tracing::error!(error = %e, "periodic snapshot failed; will retry"),
                     },
+                    _ = stopped.changed() => break,
+                }
+            }
+        })
+    };
+
+    let recoverer = {
+        let registry = registry.clone();
+        let store = store.clone();
+        let mut stopped = stopped.clone();
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(Duration::from_secs(1));
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = ticks.tick() => recover(&registry, &store).await,
                     _ = stopped.changed() => break,
                 }
             }
@@ -241,12 +312,22 @@ pub async fn run(
     let _ = stop.send(true);
     let _ = sweeper.await;
     let _ = snapshotter.await;
-    let flushed = flush(&registry, &store).await;
+    let _ = recoverer.await;
+    let flushed = flush(&registry, &store, compact).await;
     match &flushed {
         Ok(n) => tracing::info!(experiments = n, "state flushed"),
-        Err(e) => tracing::error!(error = %e, "final snapshot failed"),
+        Err(e) => tracing::error!(error = %e, "final snapshot failed (the log still holds everything)"),
+    }
+    if let Some(writer) = &writer {
+        let stats = writer.stats();
+        tracing::info!(
+            commits = stats.commits,
+            writes = stats.writes,
+            largest_group = stats.largest_group,
+            "decision log closed"
+        );
+        writer.stop();
     }
     served?;
-    flushed?;
     Ok(())
 }

@@ -1,11 +1,12 @@
-//! Where experiments outlive the process: definitions (written on every admin change) and learner snapshots
-//! (written periodically and on graceful shutdown), reloaded on start.
+//! Where experiments outlive the process: definitions (written on every admin change), the decision log
+//! (every decision, reward, timeout and budget change, committed before the call is acknowledged) and learner
+//! snapshots (committed in the same transaction stream as the log, so a snapshot at `sequence` S is never
+//! stored before the log records up to S). On start each experiment is its latest snapshot plus a replay of
+//! the log after it.
 //!
-//! The service talks to storage only through the [`Store`] trait, so a durable decision log (every decision
-//! and reward committed before it is acknowledged, snapshots taken atomically with the log position) can
-//! replace or extend [`SqliteStore`] without touching the gRPC layer. Each snapshot already carries its
-//! experiment's `sequence`, the position in the experiment's ordered history of decisions, rewards and
-//! timeouts that the snapshot includes.
+//! The service talks to storage only through the [`Store`] trait. [`SqliteStore`] is the default: one file,
+//! WAL mode with `synchronous = FULL`, readable by analysts with `sqlite3` or pandas while the service runs.
+//! [`MemoryStore`] keeps nothing, for measuring what durability costs and for throwaway runs.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -13,6 +14,7 @@ use std::sync::Mutex;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::definition::ExperimentDef;
+use crate::log::{DecisionRecord, LogEntry, LogRecord, decode_features, encode_features};
 
 /// A storage failure. The change that failed was not made.
 #[derive(Debug, thiserror::Error)]
@@ -52,13 +54,29 @@ pub struct Snapshot {
     pub state: Vec<u8>,
 }
 
-/// One experiment as stored: its definition and its latest snapshot, if one was taken.
+/// One experiment as stored: its definition, its latest snapshot, and the log after the snapshot.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredExperiment {
     /// The definition as of the latest admin change.
     pub definition: ExperimentDef,
     /// The latest snapshot.
     pub snapshot: Option<Snapshot>,
+    /// The log records after the snapshot's sequence (all of them without a snapshot), in order.
+    pub log: Vec<LogRecord>,
+}
+
+/// One write of the decision-log stream; a batch of them is committed in one transaction.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Write {
+    /// Append a log record.
+    Log(LogRecord),
+    /// Store a snapshot (replacing the previous one); with `compact`, also delete the log up to its sequence.
+    Snapshot {
+        /// The snapshot.
+        snapshot: Snapshot,
+        /// Whether to drop the log records the snapshot includes.
+        compact: bool,
+    },
 }
 
 /// Persistent storage of experiments. Calls block (they may sync to disk): call them off the async runtime's
@@ -73,6 +91,24 @@ pub trait Store: Send + Sync + 'static {
     fn save_snapshots(&self, snapshots: &[Snapshot]) -> Result<(), StoreError>;
     /// Everything stored, ordered by experiment id.
     fn load(&self) -> Result<Vec<StoredExperiment>, StoreError>;
+    /// One experiment as stored, if it is.
+    fn load_experiment(&self, id: &str) -> Result<Option<StoredExperiment>, StoreError>;
+    /// Commits `writes` in one transaction, in order: all of them or none. A snapshot of an experiment
+    /// without a definition is skipped (as in [`Store::save_snapshots`]).
+    fn commit(&self, writes: &[Write]) -> Result<(), StoreError>;
+    /// Calls `visit` with every log record of `experiment` (of all experiments with `None`), ordered by
+    /// experiment then sequence.
+    fn read_log(
+        &self,
+        experiment: Option<&str>,
+        visit: &mut dyn FnMut(LogRecord) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError>;
+    /// Whether the store accepts writes now (used to resume after an IO error).
+    fn probe(&self) -> Result<(), StoreError>;
+    /// Whether the store keeps anything across restarts.
+    fn is_durable(&self) -> bool {
+        true
+    }
 }
 
 /// [`Store`] on an embedded SQLite database (`safebet.sqlite3` in the data directory), in WAL mode with
@@ -98,6 +134,28 @@ const SCHEMA: &str = "
         sequence INTEGER NOT NULL,
         state BLOB NOT NULL
     );
+    -- The decision log. One row per decision, reward, timeout or risk-budget change, in the experiment's
+    -- order (sequence). Decisions carry their context in `features` (little-endian doubles) and the rest of
+    -- the decision in `detail` (JSON); rewards carry `reward`.
+    CREATE TABLE IF NOT EXISTS log (
+        experiment_id TEXT NOT NULL,
+        sequence INTEGER NOT NULL,
+        unix_ms INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        decision_id INTEGER,
+        event_id TEXT,
+        action INTEGER,
+        baseline INTEGER,
+        num_actions INTEGER,
+        propensity REAL,
+        played_baseline INTEGER,
+        reward REAL,
+        alpha REAL,
+        features BLOB,
+        detail TEXT,
+        PRIMARY KEY (experiment_id, sequence)
+    );
+    CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY);
 ";
 
 impl SqliteStore {
@@ -142,6 +200,7 @@ impl Store for SqliteStore {
         let mut connection = self.connection();
         let tx = connection.transaction()?;
         tx.execute("DELETE FROM snapshots WHERE experiment_id = ?1", params![id])?;
+        tx.execute("DELETE FROM log WHERE experiment_id = ?1", params![id])?;
         tx.execute("DELETE FROM experiments WHERE id = ?1", params![id])?;
         tx.commit()?;
         Ok(())
@@ -171,27 +230,274 @@ impl Store for SqliteStore {
 
     fn load(&self) -> Result<Vec<StoredExperiment>, StoreError> {
         let connection = self.connection();
-        let mut select = connection.prepare("SELECT id, definition FROM experiments ORDER BY id")?;
-        let rows = select
-            .query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)))?
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut snapshot_query =
-            connection.prepare("SELECT sequence, state FROM snapshots WHERE experiment_id = ?1")?;
-        let mut out = Vec::with_capacity(rows.len());
-        for (id, json) in rows {
-            let definition: ExperimentDef = serde_json::from_str(&json)
-                .map_err(|e| StoreError::Corrupt { id: id.clone(), reason: e.to_string() })?;
-            let snapshot = snapshot_query
-                .query_row(params![id], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, Vec<u8>>(1)?)))
-                .optional()?
-                .map(|(sequence, state)| Snapshot {
-                    experiment_id: id.clone(),
-                    sequence: sequence.max(0) as u64,
-                    state,
-                });
-            out.push(StoredExperiment { definition, snapshot });
+        let ids = {
+            let mut select = connection.prepare("SELECT id FROM experiments ORDER BY id")?;
+            select.query_map([], |row| row.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>()?
+        };
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(stored) = load_one(&connection, &id)? {
+                out.push(stored);
+            }
         }
         Ok(out)
+    }
+
+    fn load_experiment(&self, id: &str) -> Result<Option<StoredExperiment>, StoreError> {
+        load_one(&self.connection(), id)
+    }
+
+    fn commit(&self, writes: &[Write]) -> Result<(), StoreError> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let mut connection = self.connection();
+        let tx = connection.transaction()?;
+        {
+            let mut insert_log = tx.prepare_cached(
+                "INSERT INTO log (experiment_id, sequence, unix_ms, kind, decision_id, event_id, action, baseline,
+                                  num_actions, propensity, played_baseline, reward, alpha, features, detail)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+            )?;
+            let mut insert_snapshot = tx.prepare_cached(
+                "INSERT INTO snapshots (experiment_id, sequence, state)
+                 SELECT ?1, ?2, ?3 WHERE EXISTS (SELECT 1 FROM experiments WHERE id = ?1)
+                 ON CONFLICT(experiment_id) DO UPDATE SET sequence = excluded.sequence, state = excluded.state",
+            )?;
+            let mut compact = tx.prepare_cached("DELETE FROM log WHERE experiment_id = ?1 AND sequence <= ?2")?;
+            for write in writes {
+                match write {
+                    Write::Log(record) => insert_record(&mut insert_log, record)?,
+                    Write::Snapshot { snapshot, compact: drop_log } => {
+                        let sequence = to_sql_sequence(snapshot.sequence);
+                        insert_snapshot.execute(params![snapshot.experiment_id, sequence, snapshot.state])?;
+                        if *drop_log {
+                            compact.execute(params![snapshot.experiment_id, sequence])?;
+                        }
+                    }
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn read_log(
+        &self,
+        experiment: Option<&str>,
+        visit: &mut dyn FnMut(LogRecord) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let connection = self.connection();
+        let mut select = connection.prepare(&format!(
+            "SELECT {LOG_COLUMNS} FROM log WHERE (?1 IS NULL OR experiment_id = ?1) ORDER BY experiment_id, sequence"
+        ))?;
+        let mut rows = select.query(params![experiment])?;
+        while let Some(row) = rows.next()? {
+            visit(record_from_row(row)?)?;
+        }
+        Ok(())
+    }
+
+    fn probe(&self) -> Result<(), StoreError> {
+        let mut connection = self.connection();
+        let tx = connection.transaction()?;
+        tx.execute("INSERT OR REPLACE INTO probe (id) VALUES (1)", [])?;
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+const LOG_COLUMNS: &str = "experiment_id, sequence, unix_ms, kind, decision_id, event_id, action, baseline, \
+                           num_actions, propensity, played_baseline, reward, alpha, features, detail";
+
+/// SQLite integers are i64; a sequence beyond i64::MAX would take millennia to reach.
+fn to_sql_sequence(sequence: u64) -> i64 {
+    i64::try_from(sequence).unwrap_or(i64::MAX)
+}
+
+fn insert_record(insert: &mut rusqlite::CachedStatement<'_>, record: &LogRecord) -> Result<(), StoreError> {
+    let sequence = to_sql_sequence(record.sequence);
+    let kind = record.entry.kind();
+    let id = record.experiment_id.as_str();
+    let corrupt = |e: serde_json::Error| StoreError::Corrupt { id: id.to_owned(), reason: e.to_string() };
+    match &record.entry {
+        LogEntry::Decision(d) => {
+            let detail = serde_json::to_string(d).map_err(corrupt)?;
+            insert.execute(params![
+                id,
+                sequence,
+                record.unix_ms,
+                kind,
+                d.decision_id as i64,
+                d.event_id,
+                d.action as i64,
+                d.baseline as i64,
+                d.num_actions as i64,
+                d.propensity,
+                d.played_baseline,
+                None::<f64>,
+                None::<f64>,
+                encode_features(&d.features),
+                detail
+            ])?;
+        }
+        LogEntry::Reward { decision_id, event_id, value } => {
+            insert.execute(params![
+                id,
+                sequence,
+                record.unix_ms,
+                kind,
+                *decision_id as i64,
+                event_id,
+                None::<i64>,
+                None::<i64>,
+                None::<i64>,
+                None::<f64>,
+                None::<bool>,
+                value,
+                None::<f64>,
+                None::<Vec<u8>>,
+                None::<String>
+            ])?;
+        }
+        LogEntry::Timeout { decision_id } => {
+            insert.execute(params![
+                id,
+                sequence,
+                record.unix_ms,
+                kind,
+                *decision_id as i64,
+                None::<String>,
+                None::<i64>,
+                None::<i64>,
+                None::<i64>,
+                None::<f64>,
+                None::<bool>,
+                None::<f64>,
+                None::<f64>,
+                None::<Vec<u8>>,
+                None::<String>
+            ])?;
+        }
+        LogEntry::Alpha { alpha } => {
+            insert.execute(params![
+                id,
+                sequence,
+                record.unix_ms,
+                kind,
+                None::<i64>,
+                None::<String>,
+                None::<i64>,
+                None::<i64>,
+                None::<i64>,
+                None::<f64>,
+                None::<bool>,
+                None::<f64>,
+                alpha,
+                None::<Vec<u8>>,
+                None::<String>
+            ])?;
+        }
+    }
+    Ok(())
+}
+
+fn record_from_row(row: &rusqlite::Row<'_>) -> Result<LogRecord, StoreError> {
+    let experiment_id: String = row.get(0)?;
+    let sequence: i64 = row.get(1)?;
+    let unix_ms: i64 = row.get(2)?;
+    let kind: String = row.get(3)?;
+    let corrupt = |reason: String| StoreError::Corrupt { id: experiment_id.clone(), reason };
+    let decision_id = || -> Result<u64, StoreError> {
+        let id: Option<i64> = row.get(4)?;
+        id.map(|v| v as u64).ok_or_else(|| corrupt(format!("log record {sequence} ({kind}) has no decision id")))
+    };
+    let entry = match kind.as_str() {
+        "decision" => {
+            let detail: String = row.get(14)?;
+            let mut record: DecisionRecord =
+                serde_json::from_str(&detail).map_err(|e| corrupt(format!("log record {sequence}: {e}")))?;
+            let blob: Vec<u8> = row.get(13)?;
+            record.features =
+                decode_features(&blob).ok_or_else(|| corrupt(format!("log record {sequence}: bad features")))?;
+            LogEntry::Decision(Box::new(record))
+        }
+        "reward" => LogEntry::Reward {
+            decision_id: decision_id()?,
+            event_id: row.get::<_, Option<String>>(5)?.unwrap_or_default(),
+            value: row.get::<_, Option<f64>>(11)?.ok_or_else(|| corrupt(format!("reward {sequence} has no value")))?,
+        },
+        "timeout" => LogEntry::Timeout { decision_id: decision_id()? },
+        "alpha" => LogEntry::Alpha {
+            alpha: row.get::<_, Option<f64>>(12)?.ok_or_else(|| corrupt(format!("alpha {sequence} has no value")))?,
+        },
+        other => return Err(corrupt(format!("log record {sequence} has unknown kind '{other}'"))),
+    };
+    Ok(LogRecord { experiment_id: experiment_id.clone(), sequence: sequence.max(0) as u64, unix_ms, entry })
+}
+
+/// One experiment's definition, snapshot and log after the snapshot.
+fn load_one(connection: &Connection, id: &str) -> Result<Option<StoredExperiment>, StoreError> {
+    let json: Option<String> = connection
+        .query_row("SELECT definition FROM experiments WHERE id = ?1", params![id], |row| row.get(0))
+        .optional()?;
+    let Some(json) = json else { return Ok(None) };
+    let definition: ExperimentDef =
+        serde_json::from_str(&json).map_err(|e| StoreError::Corrupt { id: id.to_owned(), reason: e.to_string() })?;
+    let snapshot = connection
+        .query_row("SELECT sequence, state FROM snapshots WHERE experiment_id = ?1", params![id], |row| {
+            Ok((row.get::<_, i64>(0)?, row.get::<_, Vec<u8>>(1)?))
+        })
+        .optional()?
+        .map(|(sequence, state)| Snapshot { experiment_id: id.to_owned(), sequence: sequence.max(0) as u64, state });
+    let after = snapshot.as_ref().map_or(0, |s| to_sql_sequence(s.sequence));
+    let mut select = connection.prepare_cached(&format!(
+        "SELECT {LOG_COLUMNS} FROM log WHERE experiment_id = ?1 AND sequence > ?2 ORDER BY sequence"
+    ))?;
+    let mut rows = select.query(params![id, after])?;
+    let mut log = Vec::new();
+    while let Some(row) = rows.next()? {
+        log.push(record_from_row(row)?);
+    }
+    Ok(Some(StoredExperiment { definition, snapshot, log }))
+}
+
+/// A [`Store`] that keeps nothing: every write succeeds and is forgotten, every load is empty. For measuring
+/// what durability costs, and for runs whose state may die with the process.
+#[derive(Debug, Default)]
+pub struct MemoryStore;
+
+impl Store for MemoryStore {
+    fn save_definition(&self, _definition: &ExperimentDef) -> Result<(), StoreError> {
+        Ok(())
+    }
+    fn delete_experiment(&self, _id: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+    fn save_snapshots(&self, _snapshots: &[Snapshot]) -> Result<(), StoreError> {
+        Ok(())
+    }
+    fn load(&self) -> Result<Vec<StoredExperiment>, StoreError> {
+        Ok(Vec::new())
+    }
+    fn load_experiment(&self, _id: &str) -> Result<Option<StoredExperiment>, StoreError> {
+        Ok(None)
+    }
+    fn commit(&self, _writes: &[Write]) -> Result<(), StoreError> {
+        Ok(())
+    }
+    fn read_log(
+        &self,
+        _experiment: Option<&str>,
+        _visit: &mut dyn FnMut(LogRecord) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        Ok(())
+    }
+    fn probe(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+    fn is_durable(&self) -> bool {
+        false
     }
 }
 

@@ -1,0 +1,131 @@
+//! The decision log: every decision, reward, timeout and risk-budget change of an experiment, in the order
+//! the experiment applied them (`sequence`). It is written before a call is acknowledged, and it is what an
+//! experiment is rebuilt from after a restart: the latest snapshot, then the log after it.
+
+use safebet_engine::{DecisionId, Fallback};
+use serde::{Deserialize, Serialize};
+
+/// One entry of an experiment's history.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogRecord {
+    /// The experiment.
+    pub experiment_id: String,
+    /// Position in the experiment's history (1, 2, ...): replay applies records in this order.
+    pub sequence: u64,
+    /// Wall-clock time of the call, milliseconds since the Unix epoch.
+    pub unix_ms: i64,
+    /// What happened.
+    pub entry: LogEntry,
+}
+
+/// What a log record holds.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LogEntry {
+    /// A decision: its inputs (enough to make it again) and the answer given.
+    Decision(Box<DecisionRecord>),
+    /// A reward joined to decision `decision_id`.
+    Reward {
+        /// The decision.
+        decision_id: DecisionId,
+        /// The event id the caller used.
+        event_id: String,
+        /// The reward.
+        value: f64,
+    },
+    /// A decision whose reward timed out, resolved as the experiment's `on_timeout` says.
+    Timeout {
+        /// The decision.
+        decision_id: DecisionId,
+    },
+    /// The risk budget changed.
+    Alpha {
+        /// The new alpha.
+        alpha: f64,
+    },
+}
+
+impl LogEntry {
+    /// "decision", "reward", "timeout" or "alpha": the `kind` column of the store.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            LogEntry::Decision(_) => "decision",
+            LogEntry::Reward { .. } => "reward",
+            LogEntry::Timeout { .. } => "timeout",
+            LogEntry::Alpha { .. } => "alpha",
+        }
+    }
+}
+
+/// A decision as logged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DecisionRecord {
+    /// The engine's decision id.
+    pub decision_id: DecisionId,
+    /// The event id the caller reports the reward with (the client's, or `#<decision id>`).
+    pub event_id: String,
+    /// Whether `event_id` is the client's idempotency key.
+    pub client_event_id: bool,
+    /// Number of actions offered.
+    pub num_actions: usize,
+    /// The round's features: `num_actions` rows (shared layout), the context (disjoint), empty (arms).
+    #[serde(skip)]
+    pub features: Vec<f64>,
+    /// The caller's ids of this round's actions (shared layout), possibly empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub round_action_ids: Vec<String>,
+    /// The baseline action.
+    pub baseline: usize,
+    /// The baseline's expected reward, when the caller gave it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline_expected_reward: Option<f64>,
+    /// Whether the experiment was paused (the decision went to the baseline by the kill switch).
+    pub paused: bool,
+    /// The action played.
+    pub action: usize,
+    /// Its id, when actions have ids.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub action_id: String,
+    /// The learner's proposal before the safety rule.
+    pub proposed_action: usize,
+    /// Probability of playing `action`.
+    pub propensity: f64,
+    /// Whether `propensity` is a Monte-Carlo estimate.
+    pub propensity_estimated: bool,
+    /// Why the baseline was played, if it was.
+    pub fallback: Fallback,
+    /// Whether the played action is the baseline.
+    pub played_baseline: bool,
+    /// Number of model updates the decision was made with.
+    pub model_version: u64,
+}
+
+/// Encodes doubles as little-endian bytes (the store's `features` column; numpy reads it with
+/// `np.frombuffer(blob, "<f8")`).
+pub fn encode_features(values: &[f64]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(values.len() * 8);
+    for v in values {
+        bytes.extend_from_slice(&v.to_le_bytes());
+    }
+    bytes
+}
+
+/// Decodes [`encode_features`]; `None` if the length is not a multiple of 8.
+pub fn decode_features(bytes: &[u8]) -> Option<Vec<f64>> {
+    if !bytes.len().is_multiple_of(8) {
+        return None;
+    }
+    Some(bytes.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn features_round_trip_bit_for_bit() {
+        let values = [0.1, -0.0, f64::MIN_POSITIVE, 1e300, -3.5];
+        let decoded = decode_features(&encode_features(&values)).unwrap();
+        assert_eq!(values.map(f64::to_bits).to_vec(), decoded.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+        assert_eq!(decode_features(&[0; 7]), None);
+    }
+}
