@@ -8,7 +8,9 @@
 //! 3. `DecideBatch` of 100, closed loop, 4 batches in flight.
 //!
 //! `cargo bench --bench grpc_load` (add `-- --seconds 10` for longer runs). Prints decisions/s and latency
-//! p50/p99/p99.9 per scenario.
+//! p50/p99/p99.9 per scenario. By default every decision and reward goes through the durable SQLite decision
+//! log (group commit, fsync) in a temporary directory under `--data-dir DIR` (default `.`); `--store memory`
+//! logs nothing, to measure what durability costs.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,7 +18,7 @@ use std::time::{Duration, Instant};
 use safebet_proto as pb;
 use safebet_proto::decision_service_client::DecisionServiceClient;
 use safebet_proto::experiment_admin_client::ExperimentAdminClient;
-use safebet_service::{ServeOptions, SqliteStore};
+use safebet_service::{MemoryStore, ServeOptions, SqliteStore, Store};
 use tonic::transport::Channel;
 
 /// The allocator the `safebet` binary uses, so the server measured here is the one that ships.
@@ -278,7 +280,11 @@ fn main() {
     let run = Duration::from_secs_f64(seconds);
     let warmup = Duration::from_secs(1);
 
-    let data = tempfile::tempdir().expect("temporary data directory");
+    // The store: the durable SQLite log (default) in a temporary directory under --data-dir (default: the
+    // working directory, so the disk measured is the project's, not a tmpfs), or nothing at all.
+    let base = args.iter().position(|a| a == "--data-dir").and_then(|i| args.get(i + 1)).cloned();
+    let data = tempfile::tempdir_in(base.as_deref().unwrap_or(".")).expect("temporary data directory");
+    let memory = args.iter().position(|a| a == "--store").and_then(|i| args.get(i + 1)).is_some_and(|s| s == "memory");
     let threads = |flag: &str| {
         args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).and_then(|s| s.parse().ok()).unwrap_or(2)
     };
@@ -286,7 +292,8 @@ fn main() {
     let server_runtime = runtime("server", server_threads);
     let listener = server_runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind loopback");
     let address = listener.local_addr().unwrap();
-    let store = Arc::new(SqliteStore::open(data.path()).expect("store"));
+    let store: Arc<dyn Store> =
+        if memory { Arc::new(MemoryStore) } else { Arc::new(SqliteStore::open(data.path()).expect("store")) };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = server_runtime.spawn(safebet_service::run(
         listener,
@@ -346,7 +353,9 @@ fn main() {
         }
         println!(
             "gRPC load, loopback, CLUCB shared d = {DIM}, K = {ACTIONS}, {CONNECTIONS} HTTP/2 connections, \
-             server on {server_threads} and client on {client_threads} worker threads, {seconds} s per scenario"
+             server on {server_threads} and client on {client_threads} worker threads, {seconds} s per scenario, \
+             store: {}",
+            if memory { "memory (nothing logged)" } else { "SQLite decision log, fsync per group commit" }
         );
         // Between scenarios the previous one's unrewarded decisions time out (2 s), so each starts alike.
         let settle = Duration::from_millis(2500);
