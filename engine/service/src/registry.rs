@@ -902,6 +902,15 @@ mod tests {
 
                 let stored = store.load_experiment("e").unwrap().unwrap();
                 assert_eq!(stored.snapshot.is_some(), with_snapshot);
+                // Retention: the compacted log keeps only what the snapshot does not include.
+                let mut kept = 0;
+                store
+                    .read_log(Some("e"), &mut |_| {
+                        kept += 1;
+                        Ok::<(), StoreError>(())
+                    })
+                    .unwrap();
+                assert_eq!(kept, stored.log.len());
                 let rebuilt = Experiment::rebuild(&stored, &Limits::default(), Instant::now(), None).unwrap();
                 let context = format!("{algorithm:?} {layout:?} snapshot {with_snapshot}");
                 assert_eq!(policy_json(&original), policy_json(&rebuilt), "{context}: state differs after replay");
@@ -937,6 +946,35 @@ mod tests {
         assert_eq!(rebuilt.reward("c0", 0.5).unwrap_err().code(), tonic::Code::AlreadyExists);
         // c2 was decided at t = 2 and never rewarded: its reward still joins after the rebuild.
         assert!(rebuilt.reward("c2", 0.5).is_ok());
+    }
+
+    #[test]
+    fn reward_timeouts_keep_counting_across_a_rebuild() {
+        use crate::store::{SqliteStore, Store};
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).unwrap());
+        let writer = Arc::new(LogWriter::start(store.clone()));
+        let mut def = definition(Algorithm::Clucb, Layout::Shared { dim: 4 });
+        def.reward_timeout_ms = 300;
+        store.save_definition(&def).unwrap();
+        let original = Experiment::new(def, &Limits::default(), Some(writer.clone())).unwrap();
+        let x = features(0, 4, 4);
+        let input = DecideInput {
+            client_event_id: None,
+            actions: ActionSet::PerAction { features: &x, num_actions: 4 },
+            baseline: 0,
+            baseline_expected_reward: None,
+            round_action_ids: &[],
+        };
+        original.decide(&input, &Limits::default(), Instant::now()).unwrap().1.wait_blocking().unwrap();
+        writer.stop();
+        std::thread::sleep(Duration::from_millis(350));
+        // The process that made the decision is gone, but its deadline (300 ms after the decision) has passed:
+        // the rebuilt experiment times it out now, not 300 ms after the restart.
+        let stored = store.load_experiment("e").unwrap().unwrap();
+        let rebuilt = Experiment::rebuild(&stored, &Limits::default(), Instant::now(), None).unwrap();
+        assert_eq!(rebuilt.expire_due(Instant::now(), 10), (1, false));
+        assert_eq!(rebuilt.report().stats.dropped, 1);
     }
 
     #[test]
