@@ -291,6 +291,9 @@ impl Store for FlakyStore {
     ) -> Result<(), StoreError> {
         self.inner.read_log(experiment, visit)
     }
+    fn recent_log(&self, experiment: &str, limit: usize) -> Result<Vec<LogRecord>, StoreError> {
+        self.inner.recent_log(experiment, limit)
+    }
     fn probe(&self) -> Result<(), StoreError> {
         self.check()?;
         self.inner.probe()
@@ -428,6 +431,11 @@ async fn the_log_command_exports_decisions_with_rewards_for_ope() {
             d.reward(reward("logged", &answer.event_id, value)).await.unwrap();
         }
     }
+    // The report compares learner and baseline off-policy on the same log.
+    let comparison = report(&mut admin, "logged").await.learner_vs_baseline.expect("the report's OPE comparison");
+    assert_eq!(comparison.rounds, 108);
+    assert!(comparison.lower <= comparison.estimate && comparison.estimate <= comparison.upper);
+    assert!((comparison.level - 0.95).abs() < 1e-12);
     server.stop().await.unwrap();
     let jsonl = dir.path().join("log.jsonl");
     let csv = dir.path().join("log.csv");
@@ -449,12 +457,17 @@ async fn the_log_command_exports_decisions_with_rewards_for_ope() {
     assert_eq!(std::fs::read_to_string(&csv).unwrap().lines().count(), 121);
     for path in [&jsonl, &csv] {
         let output = Command::new(env!("CARGO_BIN_EXE_safebet"))
-            .args(["ope", "log", "--resamples", "200", "--json"])
+            .args(["ope", "log", "--resamples", "1000", "--target", "baseline", "--json"])
             .arg(path)
             .output()
             .unwrap();
         assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
         let evaluation: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
         assert_eq!(evaluation["rewarded"], 108);
+        // The same numbers as the report's: one estimator, one log, one seed.
+        let difference = &evaluation["targets"][0]["logged_minus_target"];
+        assert_eq!(difference["estimate"].as_f64(), Some(comparison.estimate));
+        assert_eq!(difference["lower"].as_f64(), Some(comparison.lower));
+        assert_eq!(difference["upper"].as_f64(), Some(comparison.upper));
     }
 }

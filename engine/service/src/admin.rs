@@ -8,8 +8,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use safebet_proto as pb;
 use tonic::{Request, Response, Status};
 
+use safebet_engine::{DecisionLogSettings, DecisionTarget, Estimator, LoggedDecision, evaluate_decision_log};
+
 use crate::ServiceError;
 use crate::definition::{ExperimentDef, check_experiment_id};
+use crate::log::{LogEntry, LogRecord};
 use crate::registry::{Experiment, Registry, Report, SavedState};
 use crate::store::{Snapshot, Store, StoreError, StoredExperiment, Write};
 use crate::writer::Commit;
@@ -159,6 +162,53 @@ impl AdminApi {
     }
 }
 
+/// Log records the report's off-policy comparison looks back over (decisions and their rewards).
+const OPE_WINDOW_RECORDS: usize = 20_000;
+/// Bootstrap resamples of the report's interval: enough for a 95% interval, cheap enough for a report.
+const OPE_RESAMPLES: usize = 1_000;
+
+/// The learner's mean reward minus the baseline's doubly robust estimate on the same logged rounds.
+fn learner_vs_baseline(records: &[LogRecord]) -> Option<pb::OpeComparison> {
+    let mut decisions: Vec<LoggedDecision> = Vec::new();
+    let mut index = std::collections::HashMap::new();
+    for record in records {
+        match &record.entry {
+            LogEntry::Decision(d) => {
+                index.insert(d.decision_id, decisions.len());
+                decisions.push(LoggedDecision {
+                    decision_id: Some(d.decision_id),
+                    num_actions: d.num_actions,
+                    action: d.action,
+                    baseline: d.baseline,
+                    propensity: d.propensity,
+                    reward: None,
+                    features: None,
+                });
+            }
+            LogEntry::Reward { decision_id, value, .. } => {
+                if let Some(&i) = index.get(decision_id) {
+                    decisions[i].reward = Some(*value);
+                }
+            }
+            _ => {}
+        }
+    }
+    let settings = DecisionLogSettings { resamples: OPE_RESAMPLES, ..DecisionLogSettings::default() };
+    let evaluation = evaluate_decision_log(&decisions, &[DecisionTarget::Baseline], &settings).ok()?;
+    let target = evaluation.targets.first()?;
+    let dr = target.estimates.iter().find(|e| e.estimator == Estimator::Dr)?;
+    let difference = target.logged_minus_target;
+    Some(pb::OpeComparison {
+        estimate: difference.estimate,
+        lower: difference.lower,
+        upper: difference.upper,
+        level: 1.0 - difference.alpha,
+        rounds: evaluation.rewarded as u64,
+        learner_mean: evaluation.logged.estimate,
+        baseline_estimate: dr.interval.estimate,
+    })
+}
+
 fn state(paused: bool) -> i32 {
     (if paused { pb::ExperimentState::Paused } else { pb::ExperimentState::Active }) as i32
 }
@@ -188,6 +238,7 @@ fn to_report(report: Report) -> pb::ExperimentReport {
         },
         model_version: stats.model_version,
         sequence,
+        learner_vs_baseline: None,
     }
 }
 
@@ -277,7 +328,14 @@ impl pb::experiment_admin_server::ExperimentAdmin for AdminApi {
         request: Request<pb::GetReportRequest>,
     ) -> Result<Response<pb::ExperimentReport>, Status> {
         let experiment = self.experiment(&request.into_inner().id)?;
-        Ok(Response::new(to_report(experiment.report())))
+        let mut report = to_report(experiment.report());
+        let id = experiment.id().to_owned();
+        let recent = blocking(&self.store, move |store| store.recent_log(&id, OPE_WINDOW_RECORDS)).await;
+        match recent {
+            Ok(records) => report.learner_vs_baseline = learner_vs_baseline(&records),
+            Err(e) => tracing::warn!(experiment = %experiment.id(), error = %e, "report without OPE: log unreadable"),
+        }
+        Ok(Response::new(report))
     }
 
     async fn export_model(

@@ -104,6 +104,8 @@ pub trait Store: Send + Sync + 'static {
         experiment: Option<&str>,
         visit: &mut dyn FnMut(LogRecord) -> Result<(), StoreError>,
     ) -> Result<(), StoreError>;
+    /// The most recent `limit` log records of `experiment`, oldest first.
+    fn recent_log(&self, experiment: &str, limit: usize) -> Result<Vec<LogRecord>, StoreError>;
     /// Whether the store accepts writes now (used to resume after an IO error).
     fn probe(&self) -> Result<(), StoreError>;
     /// Whether the store keeps anything across restarts.
@@ -331,6 +333,20 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    fn recent_log(&self, experiment: &str, limit: usize) -> Result<Vec<LogRecord>, StoreError> {
+        let connection = self.connection();
+        let mut select = connection.prepare_cached(&format!(
+            "SELECT {LOG_COLUMNS} FROM log WHERE experiment_id = ?1 ORDER BY sequence DESC LIMIT ?2"
+        ))?;
+        let mut rows = select.query(params![experiment, i64::try_from(limit).unwrap_or(i64::MAX)])?;
+        let mut records = Vec::new();
+        while let Some(row) = rows.next()? {
+            records.push(record_from_row(row)?);
+        }
+        records.reverse();
+        Ok(records)
+    }
+
     fn probe(&self) -> Result<(), StoreError> {
         let mut connection = self.connection();
         let tx = connection.transaction()?;
@@ -525,6 +541,9 @@ impl Store for MemoryStore {
         _visit: &mut dyn FnMut(LogRecord) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
         Ok(())
+    }
+    fn recent_log(&self, _experiment: &str, _limit: usize) -> Result<Vec<LogRecord>, StoreError> {
+        Ok(Vec::new())
     }
     fn probe(&self) -> Result<(), StoreError> {
         Ok(())
