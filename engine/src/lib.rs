@@ -53,9 +53,9 @@ pub use error::{EngineError, ErrorKind};
 pub use model::anytime_width;
 pub use ope::{
     BetaPrior, BootstrapInterval, CellRewardModel, DecisionLogEvaluation, DecisionLogSettings, DecisionTarget,
-    Estimator, EstimatorInterval, LogColumns, LoggedBandit, LoggedDecision, LoggedRound, ObdEstimate, ObdEvaluation,
-    ObdImpression, ObdSettings, OpeError, TargetEvaluation, bernoulli_ts_action_dist, bootstrap_interval,
-    bootstrap_interval_with_rng, bootstrap_mean_interval, decision_log_bandit, evaluate_bts_on_obd,
+    Estimator, EstimatorInterval, FeatureLayout, LogColumns, LoggedBandit, LoggedDecision, LoggedRound, ObdEstimate,
+    ObdEvaluation, ObdImpression, ObdSettings, OpeError, RewardModelKind, TargetEvaluation, bernoulli_ts_action_dist,
+    bootstrap_interval, bootstrap_interval_with_rng, bootstrap_mean_interval, decision_log_bandit, evaluate_bts_on_obd,
     evaluate_decision_log,
 };
 pub use policy::{Decision, DecisionId, Fallback, Policy, PolicyStats, Propensity, PropensityKind};

@@ -5,9 +5,10 @@
 use rand::SeedableRng;
 use rand_xoshiro::Xoshiro256PlusPlus;
 use safebet_engine::{
-    BetaPrior, CellRewardModel, DecisionLogSettings, DecisionTarget, Estimator, LogColumns, LoggedBandit,
-    LoggedDecision, LoggedRound, ObdImpression, ObdSettings, OpeError, bernoulli_ts_action_dist, bootstrap_interval,
-    bootstrap_interval_with_rng, bootstrap_mean_interval, evaluate_bts_on_obd, evaluate_decision_log,
+    BetaPrior, CellRewardModel, DecisionLogSettings, DecisionTarget, Estimator, FeatureLayout, LogColumns,
+    LoggedBandit, LoggedDecision, LoggedRound, ObdImpression, ObdSettings, OpeError, RewardModelKind,
+    bernoulli_ts_action_dist, bootstrap_interval, bootstrap_interval_with_rng, bootstrap_mean_interval,
+    evaluate_bts_on_obd, evaluate_decision_log,
 };
 
 fn assert_close(got: f64, expected: f64) {
@@ -507,7 +508,16 @@ fn synthetic_obd_estimates_cover_the_true_value() {
 // The service's decision log
 
 fn decision(action: usize, baseline: usize, propensity: f64, reward: Option<f64>) -> LoggedDecision {
-    LoggedDecision { decision_id: None, num_actions: 2, action, baseline, propensity, reward, features: None }
+    LoggedDecision {
+        decision_id: None,
+        num_actions: 2,
+        action,
+        baseline,
+        propensity,
+        reward,
+        features: None,
+        layout: None,
+    }
 }
 
 #[test]
@@ -614,6 +624,7 @@ fn a_learner_snapshot_is_evaluated_greedily_and_matches_its_true_value() {
             propensity: 1.0 / 3.0,
             reward: Some(reward),
             features: Some(features),
+            layout: Some(FeatureLayout::Shared),
         });
     }
     let settings = DecisionLogSettings { resamples: 500, ..DecisionLogSettings::default() };
@@ -621,6 +632,11 @@ fn a_learner_snapshot_is_evaluated_greedily_and_matches_its_true_value() {
         evaluate_decision_log(&log, &[DecisionTarget::Baseline, DecisionTarget::Learner(&policy)], &settings).unwrap();
     let learner = &report.targets[1];
     assert_eq!(learner.target, "learner");
+    // The log carries features of the shared layout: DM and DR use a ridge model of them, whose direct
+    // estimate of the learner's value is close (the problem is linear).
+    assert_eq!(report.reward_model, RewardModelKind::Linear);
+    let dm = learner.estimates.iter().find(|e| e.estimator == Estimator::Dm).unwrap().interval.estimate;
+    assert!((dm - truth).abs() < 0.01, "DM with the linear model: {dm} vs {truth}");
     for e in &learner.estimates {
         if matches!(e.estimator, Estimator::Ips | Estimator::Snips | Estimator::Dr) {
             let interval = &e.interval;

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
+use safebet_engine::FeatureLayout;
 use safebet_service::{DATABASE_FILE, LogEntry, SqliteStore, Store, StoreError};
 use serde::Serialize;
 
@@ -62,6 +63,9 @@ struct ExportedDecision {
     timed_out: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     features: Option<Vec<f64>>,
+    /// How `features` describe the actions: shared, disjoint or arms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    layout: Option<FeatureLayout>,
 }
 
 pub fn run(args: LogArgs) -> Result<()> {
@@ -97,6 +101,7 @@ pub fn run(args: LogArgs) -> Result<()> {
                         reward: None,
                         timed_out: false,
                         features: with_features.then_some(d.features),
+                        layout: d.layout,
                     });
                 }
                 LogEntry::Reward { decision_id, value, .. } => {

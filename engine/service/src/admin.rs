@@ -182,7 +182,8 @@ fn learner_vs_baseline(records: &[LogRecord]) -> Option<pb::OpeComparison> {
                     baseline: d.baseline,
                     propensity: d.propensity,
                     reward: None,
-                    features: None,
+                    features: Some(d.features.clone()),
+                    layout: d.layout,
                 });
             }
             LogEntry::Reward { decision_id, value, .. } => {

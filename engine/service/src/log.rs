@@ -2,7 +2,7 @@
 //! the experiment applied them (`sequence`). It is written before a call is acknowledged, and it is what an
 //! experiment is rebuilt from after a restart: the latest snapshot, then the log after it.
 
-use safebet_engine::{DecisionId, Fallback};
+use safebet_engine::{DecisionId, Fallback, FeatureLayout};
 use serde::{Deserialize, Serialize};
 
 /// One entry of an experiment's history.
@@ -70,6 +70,9 @@ pub struct DecisionRecord {
     /// The round's features: `num_actions` rows (shared layout), the context (disjoint), empty (arms).
     #[serde(skip)]
     pub features: Vec<f64>,
+    /// How `features` describe the actions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layout: Option<FeatureLayout>,
     /// The caller's ids of this round's actions (shared layout), possibly empty.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub round_action_ids: Vec<String>,

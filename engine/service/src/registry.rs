@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use safebet_engine::{
-    ActionSet, BaselineReward, DecisionId, EngineError, Fallback, Layout, PendingResolution, Policy, PolicyStats,
-    PropensityKind, Round,
+    ActionSet, BaselineReward, DecisionId, EngineError, Fallback, FeatureLayout, Layout, PendingResolution, Policy,
+    PolicyStats, PropensityKind, Round,
 };
 use serde::{Deserialize, Serialize};
 
@@ -613,6 +613,11 @@ impl Experiment {
                 client_event_id: input.client_event_id.is_some(),
                 num_actions,
                 features,
+                layout: Some(match self.shape.layout {
+                    Layout::Shared { .. } => FeatureLayout::Shared,
+                    Layout::Disjoint { .. } => FeatureLayout::Disjoint,
+                    Layout::Arms { .. } => FeatureLayout::Arms,
+                }),
                 round_action_ids: input.round_action_ids.to_vec(),
                 baseline: input.baseline,
                 baseline_expected_reward: input.baseline_expected_reward,

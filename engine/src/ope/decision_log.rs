@@ -38,10 +38,25 @@ pub struct LoggedDecision {
     #[serde(default)]
     pub reward: Option<f64>,
     /// The round's features as the engine's `ActionSet` takes them (shared layout: `num_actions` rows of
-    /// `dim`, row-major; disjoint layout: the context). Not needed by the baseline and uniform targets;
-    /// carried for evaluating a learner snapshot.
+    /// `dim`, row-major; disjoint layout: the context). Used by the learner target, and, with `layout`, by
+    /// a linear reward model for DM and DR.
     #[serde(default)]
     pub features: Option<Vec<f64>>,
+    /// How `features` describe the actions.
+    #[serde(default)]
+    pub layout: Option<FeatureLayout>,
+}
+
+/// How a logged decision's features describe its actions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FeatureLayout {
+    /// One row of features per action, one parameter vector.
+    Shared,
+    /// One context for all actions, one parameter vector per action.
+    Disjoint,
+    /// No features: K arms.
+    Arms,
 }
 
 /// A target policy to evaluate on the log.
@@ -148,8 +163,21 @@ pub struct DecisionLogEvaluation {
     pub logged: BootstrapInterval,
     /// One evaluation per requested target.
     pub targets: Vec<TargetEvaluation>,
+    /// The reward model behind DM and DR.
+    pub reward_model: RewardModelKind,
     /// The settings used.
     pub settings: DecisionLogSettings,
+}
+
+/// Which reward model DM and DR used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RewardModelKind {
+    /// Ridge regression on the logged features (every decision carried features of one linear layout).
+    Linear,
+    /// The mean reward of each action index, shrunk toward the log's mean ([`CellRewardModel`]): meaningful
+    /// when an action index names the same action in every round.
+    PerAction,
 }
 
 /// Checks every decision, naming its position in the log when one is malformed.
@@ -175,14 +203,14 @@ fn check_decision(round: usize, d: &LoggedDecision) -> Result<(), OpeError> {
     }
 }
 
-/// The rewarded decisions as a [`LoggedBandit`] for `target`, with `models[i % models.len()]` as round i's
-/// reward model (one model per cross-fitting fold; none for IPS and SNIPS only). `width` is the number of
-/// actions of the widest round.
+/// The rewarded decisions as a [`LoggedBandit`] for `target`, with `predictions[i * width..(i + 1) * width]`
+/// as round i's reward model (none for IPS and SNIPS only). `width` is the number of actions of the widest
+/// round.
 pub fn decision_log_bandit(
     rewarded: &[LoggedDecision],
     target: DecisionTarget<'_>,
     width: usize,
-    models: &[CellRewardModel],
+    predictions: Option<&[f64]>,
 ) -> Result<LoggedBandit, OpeError> {
     for (i, d) in rewarded.iter().enumerate() {
         check_decision(i, d)?;
@@ -198,7 +226,7 @@ pub fn decision_log_bandit(
         reward: d.reward.unwrap_or(f64::NAN),
         propensity: d.propensity,
         target: pi,
-        reward_model: (!models.is_empty()).then(|| models[i % models.len()].predictions()),
+        reward_model: predictions.map(|q| &q[i * width..(i + 1) * width]),
     });
     LoggedBandit::new(width, 1, rounds)
 }
@@ -226,15 +254,23 @@ pub fn evaluate_decision_log(
     let rewards: Vec<f64> = rewarded.iter().map(|d| d.reward.unwrap_or(f64::NAN)).collect();
     let logged = bootstrap_mean_interval(&rewards, settings.resamples, settings.alpha, settings.seed)?;
 
-    let observations: Vec<(usize, usize, f64)> =
-        rewarded.iter().zip(&rewards).map(|(d, &r)| (d.action, 0, r)).collect();
     let folds = settings.folds.min(rewarded.len());
-    let models = CellRewardModel::cross_fit(width, 1, &observations, settings.smoothing, folds)?;
+    let (predictions, reward_model) = match linear_predictions(&rewarded, &rewards, width, folds) {
+        Some(predictions) => (predictions, RewardModelKind::Linear),
+        None => {
+            let observations: Vec<(usize, usize, f64)> =
+                rewarded.iter().zip(&rewards).map(|(d, &r)| (d.action, 0, r)).collect();
+            let models = CellRewardModel::cross_fit(width, 1, &observations, settings.smoothing, folds)?;
+            let predictions =
+                (0..rewarded.len()).flat_map(|i| models[i % models.len()].predictions().to_vec()).collect();
+            (predictions, RewardModelKind::PerAction)
+        }
+    };
 
     let evaluations = targets
         .iter()
         .map(|&target| {
-            let log = decision_log_bandit(&rewarded, target, width, &models)?;
+            let log = decision_log_bandit(&rewarded, target, width, Some(&predictions))?;
             let estimates = [Estimator::Ips, Estimator::Snips, Estimator::Dm, Estimator::Dr, switch_dr]
                 .into_iter()
                 .map(|estimator| {
@@ -264,6 +300,73 @@ pub fn evaluate_decision_log(
         num_actions: width,
         logged,
         targets: evaluations,
+        reward_model,
         settings: *settings,
     })
+}
+
+/// Ridge regularisation of the linear reward model.
+const RIDGE_LAMBDA: f64 = 1.0;
+
+/// Cross-fitted ridge predictions of every action's reward in every round (round-major, `width` per round)
+/// when every rewarded decision carries features of one linear layout: shared (one theta over per-action
+/// rows) or disjoint (one theta per action over the context). `None` otherwise. Round i is predicted by the
+/// model fitted on the rounds of the other folds (i % folds), as obp's cross-fitting does.
+fn linear_predictions(rewarded: &[LoggedDecision], rewards: &[f64], width: usize, folds: usize) -> Option<Vec<f64>> {
+    let layout = rewarded.first()?.layout?;
+    let dim = |d: &LoggedDecision| -> Option<usize> {
+        let features = d.features.as_ref()?;
+        match d.layout? {
+            FeatureLayout::Shared if d.layout == Some(layout) && features.len() % d.num_actions == 0 => {
+                Some(features.len() / d.num_actions)
+            }
+            FeatureLayout::Disjoint if d.layout == Some(layout) => Some(features.len()),
+            _ => None,
+        }
+    };
+    let d = dim(&rewarded[0])?;
+    if d == 0 || rewarded.iter().any(|r| dim(r) != Some(d)) {
+        return None;
+    }
+    // One model for shared, one per action for disjoint.
+    let models = if layout == FeatureLayout::Shared { 1 } else { width };
+    fn row(decision: &LoggedDecision, layout: FeatureLayout, d: usize, action: usize) -> &[f64] {
+        let features = decision.features.as_deref().unwrap_or(&[]);
+        match layout {
+            FeatureLayout::Shared => &features[action * d..(action + 1) * d],
+            _ => features,
+        }
+    }
+    let model_of = |action: usize| if layout == FeatureLayout::Shared { 0 } else { action };
+    let (low, high) = rewards.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), &r| (l.min(r), h.max(r)));
+    let mut predictions = vec![0.0; rewarded.len() * width];
+    for fold in 0..folds.max(1) {
+        let mut gram = vec![nalgebra::DMatrix::<f64>::identity(d, d) * RIDGE_LAMBDA; models];
+        let mut target = vec![nalgebra::DVector::<f64>::zeros(d); models];
+        for (i, (decision, &r)) in rewarded.iter().zip(rewards).enumerate() {
+            if folds > 1 && i % folds == fold {
+                continue;
+            }
+            let m = model_of(decision.action);
+            let x = nalgebra::DVector::from_column_slice(row(decision, layout, d, decision.action));
+            gram[m].ger(1.0, &x, &x, 1.0);
+            target[m].axpy(r, &x, 1.0);
+        }
+        let thetas: Vec<nalgebra::DVector<f64>> = gram
+            .into_iter()
+            .zip(target)
+            .map(|(a, b)| a.cholesky().map_or_else(|| nalgebra::DVector::zeros(d), |c| c.solve(&b)))
+            .collect();
+        for (i, decision) in rewarded.iter().enumerate() {
+            if folds > 1 && i % folds != fold {
+                continue;
+            }
+            for a in 0..decision.num_actions {
+                let theta = &thetas[model_of(a)];
+                let q: f64 = row(decision, layout, d, a).iter().zip(theta.iter()).map(|(x, t)| x * t).sum();
+                predictions[i * width + a] = q.clamp(low, high);
+            }
+        }
+    }
+    Some(predictions)
 }

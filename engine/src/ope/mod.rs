@@ -36,8 +36,8 @@ pub use bootstrap::{
     BootstrapInterval, EstimatorInterval, bootstrap_interval, bootstrap_interval_with_rng, bootstrap_mean_interval,
 };
 pub use decision_log::{
-    DecisionLogEvaluation, DecisionLogSettings, DecisionTarget, LoggedDecision, TargetEvaluation, decision_log_bandit,
-    evaluate_decision_log,
+    DecisionLogEvaluation, DecisionLogSettings, DecisionTarget, FeatureLayout, LoggedDecision, RewardModelKind,
+    TargetEvaluation, decision_log_bandit, evaluate_decision_log,
 };
 pub use estimators::Estimator;
 pub use obd::{
