@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod concurrency;
+mod drift;
 mod durability;
 mod health_reflection;
 mod idempotency;

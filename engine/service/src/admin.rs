@@ -240,6 +240,10 @@ fn to_report(report: Report) -> pb::ExperimentReport {
         model_version: stats.model_version,
         sequence,
         learner_vs_baseline: None,
+        drift_statistic: stats.drift_statistic,
+        drift_alarm: stats
+            .drift_alarm
+            .map(|alarm| pb::DriftAlarm { at_reward: alarm.at_reward, statistic: alarm.statistic }),
     }
 }
 

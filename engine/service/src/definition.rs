@@ -5,7 +5,9 @@
 use std::collections::HashSet;
 use std::path::Path;
 
-use safebet_engine::{Algorithm, BaselineReward, Constraint, Layout, PendingResolution, PolicyConfig};
+use safebet_engine::{
+    Algorithm, BaselineReward, Constraint, DriftGuardConfig, Layout, PendingResolution, PolicyConfig,
+};
 use safebet_proto as pb;
 use serde::{Deserialize, Serialize};
 
@@ -199,6 +201,15 @@ impl ExperimentDef {
         policy.exploration_scale = spec.exploration_scale;
         policy.epsilon = spec.epsilon.unwrap_or(policy.epsilon);
         policy.seed = spec.seed.unwrap_or(policy.seed);
+        policy.drift_guard = spec.drift_guard.map(|guard| {
+            let defaults = DriftGuardConfig::default();
+            DriftGuardConfig {
+                threshold: guard.threshold.unwrap_or(defaults.threshold),
+                allowance: guard.allowance.unwrap_or(defaults.allowance),
+                warmup: guard.warmup.unwrap_or(defaults.warmup),
+                cap: guard.cap.unwrap_or(defaults.cap),
+            }
+        });
         if let Some(range) = spec.reward_range {
             policy.reward_range = [range.min, range.max];
         }
@@ -290,6 +301,12 @@ impl ExperimentDef {
             exploration_scale: p.exploration_scale,
             epsilon: Some(p.epsilon),
             seed: Some(p.seed),
+            drift_guard: p.drift_guard.map(|g| pb::DriftGuard {
+                threshold: Some(g.threshold),
+                allowance: Some(g.allowance),
+                warmup: Some(g.warmup),
+                cap: Some(g.cap),
+            }),
         }
     }
 

@@ -42,16 +42,19 @@ pub enum LogEntry {
         /// The new alpha.
         alpha: f64,
     },
+    /// An operator cleared the drift guard's alarm (ResumeExperiment).
+    ClearDrift,
 }
 
 impl LogEntry {
-    /// "decision", "reward", "timeout" or "alpha": the `kind` column of the store.
+    /// "decision", "reward", "timeout", "alpha" or "clear_drift": the `kind` column of the store.
     pub fn kind(&self) -> &'static str {
         match self {
             LogEntry::Decision(_) => "decision",
             LogEntry::Reward { .. } => "reward",
             LogEntry::Timeout { .. } => "timeout",
             LogEntry::Alpha { .. } => "alpha",
+            LogEntry::ClearDrift => "clear_drift",
         }
     }
 }

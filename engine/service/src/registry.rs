@@ -425,6 +425,7 @@ impl Experiment {
             LogEntry::Alpha { alpha } => {
                 state.policy.set_alpha(*alpha).map_err(|e| format!("{}: {e}", at("alpha")))?;
             }
+            LogEntry::ClearDrift => state.policy.clear_drift_alarm(),
         }
         state.sequence = record.sequence;
         Ok(())
@@ -666,6 +667,7 @@ impl Experiment {
             },
         };
         self.check_writable()?;
+        let alarmed_before = state.policy.drift_alarm().is_some();
         state.policy.observe_reward(decision_id, value).map_err(|e| {
             let context = format!("experiment '{}', event '{}'", self.id, event_id.escape_debug());
             match e {
@@ -678,6 +680,14 @@ impl Experiment {
         })?;
         state.sequence += 1;
         state.revision += 1;
+        if !alarmed_before && let Some(alarm) = state.policy.drift_alarm() {
+            tracing::warn!(
+                experiment = %self.id,
+                at_reward = alarm.at_reward,
+                statistic = alarm.statistic,
+                "drift alarm: the reward model no longer fits; playing the baseline until an operator resumes"
+            );
+        }
         let commit =
             self.log(&state, now_unix_ms(), LogEntry::Reward { decision_id, event_id: event_id.to_owned(), value });
         Ok((RewardAnswer { model_version: state.policy.stats().model_version, sequence: state.sequence }, commit))
@@ -737,16 +747,24 @@ impl Experiment {
         Ok((previous, commit))
     }
 
-    /// Sets the kill switch; returns its previous position. Nothing to log: each decision records whether
-    /// the experiment was paused.
+    /// Sets the kill switch; returns its previous position. Pausing needs no log record (each decision
+    /// records whether the experiment was paused); resuming also clears a drift alarm, which is logged.
     pub fn set_paused(&self, paused: bool) -> Result<(bool, Commit), ServiceError> {
         let mut state = self.lock();
         if state.deleted {
             return Err(self.gone());
         }
+        let mut commit = Commit::done();
+        if !paused && state.policy.drift_alarm().is_some() {
+            self.check_writable()?;
+            state.policy.clear_drift_alarm();
+            state.sequence += 1;
+            commit = self.log(&state, now_unix_ms(), LogEntry::ClearDrift);
+            tracing::warn!(experiment = %self.id, "drift alarm cleared by an operator: the learner explores again");
+        }
         let previous = std::mem::replace(&mut state.definition.paused, paused);
         state.revision += 1;
-        Ok((previous, Commit::done()))
+        Ok((previous, commit))
     }
 
     /// The current definition.

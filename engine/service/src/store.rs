@@ -428,6 +428,25 @@ fn insert_record(insert: &mut rusqlite::CachedStatement<'_>, record: &LogRecord)
                 None::<String>
             ])?;
         }
+        LogEntry::ClearDrift => {
+            insert.execute(params![
+                id,
+                sequence,
+                record.unix_ms,
+                kind,
+                None::<i64>,
+                None::<String>,
+                None::<i64>,
+                None::<i64>,
+                None::<i64>,
+                None::<f64>,
+                None::<bool>,
+                None::<f64>,
+                None::<f64>,
+                None::<Vec<u8>>,
+                None::<String>
+            ])?;
+        }
         LogEntry::Alpha { alpha } => {
             insert.execute(params![
                 id,
@@ -477,6 +496,7 @@ fn record_from_row(row: &rusqlite::Row<'_>) -> Result<LogRecord, StoreError> {
             value: row.get::<_, Option<f64>>(11)?.ok_or_else(|| corrupt(format!("reward {sequence} has no value")))?,
         },
         "timeout" => LogEntry::Timeout { decision_id: decision_id()? },
+        "clear_drift" => LogEntry::ClearDrift,
         "alpha" => LogEntry::Alpha {
             alpha: row.get::<_, Option<f64>>(12)?.ok_or_else(|| corrupt(format!("alpha {sequence} has no value")))?,
         },
