@@ -292,7 +292,8 @@ impl Store for SqliteStore {
             let mut insert_log = tx.prepare_cached(
                 "INSERT INTO log (experiment_id, sequence, unix_ms, kind, decision_id, event_id, action, baseline,
                                   num_actions, propensity, played_baseline, reward, alpha, features, detail)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                 SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15
+                 WHERE EXISTS (SELECT 1 FROM experiments WHERE id = ?1)",
             )?;
             let mut insert_snapshot = tx.prepare_cached(
                 "INSERT INTO snapshots (experiment_id, sequence, state)
@@ -625,5 +626,24 @@ mod tests {
         let connection = store.connection();
         let count: i64 = connection.query_row("SELECT COUNT(*) FROM snapshots", [], |r| r.get(0)).unwrap();
         assert_eq!(count, 0);
+    }
+
+    #[test]
+    fn late_log_records_of_a_deleted_experiment_are_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        store.save_definition(&def("a")).unwrap();
+        let record = |sequence| LogRecord {
+            experiment_id: "a".into(),
+            sequence,
+            unix_ms: 0,
+            entry: LogEntry::Timeout { decision_id: sequence },
+        };
+        store.commit(&[Write::Log(record(1))]).unwrap();
+        store.delete_experiment("a").unwrap();
+        // A call that was deciding as the experiment was deleted: its record must not haunt a new "a".
+        store.commit(&[Write::Log(record(2))]).unwrap();
+        store.save_definition(&def("a")).unwrap();
+        assert_eq!(store.load_experiment("a").unwrap().unwrap().log, vec![]);
     }
 }
