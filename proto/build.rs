@@ -3,7 +3,8 @@
 
 use prost::Message;
 
-const PROTOS: [&str; 3] = ["safebet/v1/experiment.proto", "safebet/v1/decision.proto", "safebet/v1/admin.proto"];
+const PROTOS: [&str; 4] =
+    ["safebet/v1/experiment.proto", "safebet/v1/decision.proto", "safebet/v1/admin.proto", "safebet/v1/episodes.proto"];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // protox does not emit rerun-if-changed lines itself.

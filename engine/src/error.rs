@@ -125,7 +125,13 @@ impl EngineError {
         match self {
             EngineError::UnknownDecision(_) => ErrorKind::NotFound,
             EngineError::AlreadyResolved(_) => ErrorKind::AlreadyExists,
-            EngineError::LayoutMismatch { .. } | EngineError::MissingBaselineReward => ErrorKind::FailedPrecondition,
+            EngineError::LayoutMismatch { .. }
+            | EngineError::MissingBaselineReward
+            // The call does not fit the episode's progress (none running, one already running, a step
+            // reported out of order): retrying it as it is cannot succeed, but it is not malformed.
+            | EngineError::EpisodeNotStarted
+            | EngineError::EpisodeInProgress(_)
+            | EngineError::StepOutOfOrder { .. } => ErrorKind::FailedPrecondition,
             _ => ErrorKind::InvalidArgument,
         }
     }

@@ -114,7 +114,7 @@ pub fn run(args: LogArgs) -> Result<()> {
                         decisions[i].timed_out = true;
                     }
                 }
-                LogEntry::Alpha { .. } | LogEntry::ClearDrift => {}
+                _ => {}
             }
             Ok::<(), StoreError>(())
         })

@@ -5,6 +5,7 @@ mod bad_input;
 mod concurrency;
 mod drift;
 mod durability;
+mod episodes;
 mod health_reflection;
 mod idempotency;
 mod lifecycle;

@@ -32,6 +32,7 @@
 mod admin;
 mod decision;
 mod definition;
+mod episodes;
 mod error;
 mod limits;
 mod log;
@@ -43,10 +44,13 @@ mod writer;
 pub use admin::AdminApi;
 pub use decision::DecisionApi;
 pub use definition::{ExperimentDef, ExperimentsFile};
+pub use episodes::{EpisodeApi, EpisodicExperiment};
 pub use error::ServiceError;
 pub use limits::{Limits, MAX_EVENT_ID_LEN, MAX_EXPERIMENT_ID_LEN};
 pub use log::{DecisionRecord, LogEntry, LogRecord, decode_features, encode_features};
 pub use registry::{Answer, DecideInput, Experiment, Registry, Report, RewardAnswer, Shape};
 pub use server::{ServeError, ServeOptions, run};
-pub use store::{DATABASE_FILE, MemoryStore, Snapshot, SqliteStore, Store, StoreError, StoredExperiment, Write};
+pub use store::{
+    DATABASE_FILE, MemoryStore, Snapshot, SqliteStore, Store, StoreError, StoredEpisodic, StoredExperiment, Write,
+};
 pub use writer::{Commit, CommitResult, LogWriter, WriterStats};

@@ -44,6 +44,39 @@ pub enum LogEntry {
     },
     /// An operator cleared the drift guard's alarm (ResumeExperiment).
     ClearDrift,
+    /// An episodic experiment started an episode.
+    EpisodeStart(EpisodeStartRecord),
+    /// A transition of the running episode.
+    Step(StepRecord),
+    /// The running episode ended.
+    EpisodeEnd {
+        /// The episode.
+        episode: u64,
+    },
+}
+
+/// An episode's start as logged: replay must start the same episode with the same driver.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct EpisodeStartRecord {
+    /// The episode index.
+    pub episode: u64,
+    /// Whether the learner (not the baseline policy) drives it.
+    pub learner_drives: bool,
+}
+
+/// One transition as logged.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct StepRecord {
+    /// Step within the episode, from 0.
+    pub step: usize,
+    /// State at that step.
+    pub state: usize,
+    /// Action played.
+    pub action: usize,
+    /// Reward received.
+    pub reward: f64,
+    /// State reached.
+    pub next_state: usize,
 }
 
 impl LogEntry {
@@ -55,6 +88,9 @@ impl LogEntry {
             LogEntry::Timeout { .. } => "timeout",
             LogEntry::Alpha { .. } => "alpha",
             LogEntry::ClearDrift => "clear_drift",
+            LogEntry::EpisodeStart(_) => "episode_start",
+            LogEntry::Step(_) => "step",
+            LogEntry::EpisodeEnd { .. } => "episode_end",
         }
     }
 }

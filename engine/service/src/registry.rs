@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ServiceError;
 use crate::definition::ExperimentDef;
+use crate::episodes::EpisodicExperiment;
 use crate::limits::Limits;
 use crate::log::{DecisionRecord, LogEntry, LogRecord};
 use crate::store::{Snapshot, StoreError, StoredExperiment, Write};
@@ -28,6 +29,8 @@ use crate::writer::{Commit, LogWriter};
 pub struct Registry {
     /// Read by every call, written only by create and delete (which the admin layer serialises).
     experiments: RwLock<HashMap<String, Arc<Experiment>>>,
+    /// Episodic (RL) experiments; ids are unique across both maps.
+    episodic: RwLock<HashMap<String, Arc<EpisodicExperiment>>>,
     limits: Limits,
     /// The decision log's writer, handed to every experiment (none: nothing is logged).
     writer: Option<Arc<LogWriter>>,
@@ -36,7 +39,43 @@ pub struct Registry {
 impl Registry {
     /// An empty registry enforcing `limits`, logging through `writer`.
     pub fn new(limits: Limits, writer: Option<Arc<LogWriter>>) -> Registry {
-        Registry { experiments: RwLock::new(HashMap::new()), limits, writer }
+        Registry { experiments: RwLock::new(HashMap::new()), episodic: RwLock::new(HashMap::new()), limits, writer }
+    }
+
+    /// The episodic experiment with this id.
+    pub fn episodic(&self, id: &str) -> Result<Arc<EpisodicExperiment>, ServiceError> {
+        let episodic = self.episodic.read().unwrap_or_else(|p| p.into_inner());
+        episodic
+            .get(id)
+            .cloned()
+            .ok_or_else(|| ServiceError::NotFound(format!("unknown episodic experiment '{}'", id.escape_debug())))
+    }
+
+    /// Every episodic experiment, ordered by id.
+    pub fn list_episodic(&self) -> Vec<Arc<EpisodicExperiment>> {
+        let episodic = self.episodic.read().unwrap_or_else(|p| p.into_inner());
+        let mut all: Vec<_> = episodic.values().cloned().collect();
+        all.sort_by(|a, b| a.id().cmp(b.id()));
+        all
+    }
+
+    /// Adds an episodic experiment (the caller checked with [`Registry::check_insert`]).
+    pub fn insert_episodic(&self, experiment: Arc<EpisodicExperiment>) -> Result<(), ServiceError> {
+        let mut episodic = self.episodic.write().unwrap_or_else(|p| p.into_inner());
+        if episodic.contains_key(experiment.id()) {
+            return Err(ServiceError::AlreadyExists(format!("experiment '{}' already exists", experiment.id())));
+        }
+        episodic.insert(experiment.id().to_owned(), experiment);
+        Ok(())
+    }
+
+    /// Removes an episodic experiment.
+    pub fn remove_episodic(&self, id: &str) -> Result<(), ServiceError> {
+        let removed = self.episodic.write().unwrap_or_else(|p| p.into_inner()).remove(id);
+        let experiment = removed
+            .ok_or_else(|| ServiceError::NotFound(format!("unknown episodic experiment '{}'", id.escape_debug())))?;
+        experiment.mark_deleted();
+        Ok(())
     }
 
     /// The decision log's writer.
@@ -94,10 +133,11 @@ impl Registry {
     /// Checks that a new experiment may be added: its id is free and the experiment limit not reached.
     pub fn check_insert(&self, id: &str) -> Result<(), ServiceError> {
         let experiments = self.experiments.read().unwrap_or_else(|p| p.into_inner());
-        if experiments.contains_key(id) {
+        let episodic = self.episodic.read().unwrap_or_else(|p| p.into_inner());
+        if experiments.contains_key(id) || episodic.contains_key(id) {
             return Err(ServiceError::AlreadyExists(format!("experiment '{id}' already exists")));
         }
-        if experiments.len() >= self.limits.max_experiments {
+        if experiments.len() + episodic.len() >= self.limits.max_experiments {
             return Err(ServiceError::ResourceExhausted(format!(
                 "the service holds {} experiments, the limit; delete one first",
                 experiments.len()
@@ -426,6 +466,9 @@ impl Experiment {
                 state.policy.set_alpha(*alpha).map_err(|e| format!("{}: {e}", at("alpha")))?;
             }
             LogEntry::ClearDrift => state.policy.clear_drift_alarm(),
+            LogEntry::EpisodeStart(_) | LogEntry::Step(_) | LogEntry::EpisodeEnd { .. } => {
+                return Err(format!("{}: an episodic record in a bandit experiment's log", at("record")));
+            }
         }
         state.sequence = record.sequence;
         Ok(())

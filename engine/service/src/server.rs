@@ -15,6 +15,7 @@ use crate::ServiceError;
 use crate::admin::{AdminApi, blocking, now_unix_ms};
 use crate::decision::DecisionApi;
 use crate::definition::ExperimentDef;
+use crate::episodes::{EpisodeApi, EpisodicExperiment};
 use crate::limits::Limits;
 use crate::registry::Registry;
 use crate::store::{Store, StoreError, Write};
@@ -95,7 +96,12 @@ async fn load(options: &ServeOptions, writer: Option<Arc<LogWriter>>) -> Result<
         let experiment = registry.rebuilt(record, now)?;
         registry.insert(Arc::new(experiment))?;
     }
-    tracing::info!(experiments = stored.len(), replayed, "stored experiments loaded");
+    let episodic = blocking(&options.store, |store| store.load_episodic()).await?;
+    for record in &episodic {
+        replayed += record.log.len();
+        registry.insert_episodic(Arc::new(EpisodicExperiment::rebuild(record, registry.writer().cloned())?))?;
+    }
+    tracing::info!(experiments = stored.len(), episodic = episodic.len(), replayed, "stored experiments loaded");
     for declared in &options.declared {
         declared.check(&options.limits)?;
         if let Ok(existing) = registry.get(&declared.id) {
@@ -127,9 +133,21 @@ async fn load(options: &ServeOptions, writer: Option<Arc<LogWriter>>) -> Result<
 /// Snapshots every experiment that changed since its last snapshot. With a decision log the snapshots go
 /// through its writer, behind the records they include.
 async fn flush(registry: &Registry, store: &Arc<dyn Store>, compact: bool) -> Result<usize, ServiceError> {
+    let episodic: Vec<_> =
+        registry.list_episodic().iter().filter_map(|e| e.snapshot(false).map(|s| (e.clone(), s))).collect();
+    if let Some(writer) = registry.writer() {
+        for (experiment, (snapshot, revision)) in &episodic {
+            writer
+                .submit(Write::Snapshot { snapshot: snapshot.clone(), compact })
+                .wait()
+                .await
+                .map_err(ServiceError::Unavailable)?;
+            experiment.mark_flushed(*revision);
+        }
+    }
     let taken: Vec<_> = registry.list().iter().filter_map(|e| e.snapshot(false).map(|s| (e.clone(), s))).collect();
     if taken.is_empty() {
-        return Ok(0);
+        return Ok(episodic.len());
     }
     match registry.writer() {
         Some(writer) => {
@@ -178,6 +196,22 @@ async fn recover(registry: &Registry, store: &Arc<dyn Store>) {
             }
         }
     }
+    match blocking(store, |store| store.load_episodic()).await {
+        Ok(stored) => {
+            for record in &stored {
+                if let Ok(experiment) = registry.episodic(&record.id)
+                    && let Err(e) = experiment.reload(record)
+                {
+                    tracing::error!(experiment = %record.id, error = %e, "rebuilding from the store failed");
+                    return;
+                }
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "reading the store while recovering failed; will retry");
+            return;
+        }
+    }
     writer.resume();
     tracing::warn!("the store accepts writes again: experiments rebuilt from the log, decisions resumed");
 }
@@ -217,6 +251,7 @@ pub async fn run(
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<pb::decision_service_server::DecisionServiceServer<DecisionApi>>().await;
     health.set_serving::<pb::experiment_admin_server::ExperimentAdminServer<AdminApi>>().await;
+    health.set_serving::<pb::episode_service_server::EpisodeServiceServer<EpisodeApi>>().await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -232,6 +267,9 @@ pub async fn run(
         .max_decoding_message_size(limits.max_message_bytes);
     let admin = pb::experiment_admin_server::ExperimentAdminServer::new(AdminApi::new(registry.clone(), store.clone()))
         .max_decoding_message_size(limits.max_message_bytes);
+    let episodes =
+        pb::episode_service_server::EpisodeServiceServer::new(EpisodeApi::new(registry.clone(), store.clone()))
+            .max_decoding_message_size(limits.max_message_bytes);
 
     // Background work stops when `stop` flips, before the final flush.
     let (stop, stopped) = watch::channel(false);
@@ -300,6 +338,7 @@ pub async fn run(
         .add_service(reflection_v1alpha)
         .add_service(decisions)
         .add_service(admin)
+        .add_service(episodes)
         // Nagle's algorithm with delayed ACKs would hold small responses back for up to 40 ms.
         .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), async move {
             shutdown.await;

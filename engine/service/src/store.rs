@@ -15,7 +15,9 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::definition::ExperimentDef;
-use crate::log::{DecisionRecord, LogEntry, LogRecord, decode_features, encode_features};
+use crate::log::{
+    DecisionRecord, EpisodeStartRecord, LogEntry, LogRecord, StepRecord, decode_features, encode_features,
+};
 
 /// A storage failure. The change that failed was not made.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +68,19 @@ pub struct StoredExperiment {
     pub log: Vec<LogRecord>,
 }
 
+/// An episodic experiment as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEpisodic {
+    /// Its id.
+    pub id: String,
+    /// Its configuration, JSON.
+    pub config: String,
+    /// The latest snapshot.
+    pub snapshot: Option<Snapshot>,
+    /// The log after the snapshot.
+    pub log: Vec<LogRecord>,
+}
+
 /// One write of the decision-log stream; a batch of them is committed in one transaction.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Write {
@@ -104,6 +119,18 @@ pub trait Store: Send + Sync + 'static {
         experiment: Option<&str>,
         visit: &mut dyn FnMut(LogRecord) -> Result<(), StoreError>,
     ) -> Result<(), StoreError>;
+    /// Creates an episodic experiment's record (its configuration as JSON), durably.
+    fn save_episodic(&self, _id: &str, _config_json: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// Deletes an episodic experiment with its snapshot and log.
+    fn delete_episodic(&self, _id: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// Every episodic experiment: (id, configuration JSON, latest snapshot, log after it).
+    fn load_episodic(&self) -> Result<Vec<StoredEpisodic>, StoreError> {
+        Ok(Vec::new())
+    }
     /// The most recent `limit` log records of `experiment`, oldest first.
     fn recent_log(&self, experiment: &str, limit: usize) -> Result<Vec<LogRecord>, StoreError>;
     /// Whether the store accepts writes now (used to resume after an IO error).
@@ -177,6 +204,11 @@ const SCHEMA: &str = "
         PRIMARY KEY (experiment_id, sequence)
     );
     CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY);
+    -- Episodic (RL) experiments: their configuration. Their snapshots and logs share the tables above.
+    CREATE TABLE IF NOT EXISTS episodic_experiments (
+        id TEXT PRIMARY KEY NOT NULL,
+        config TEXT NOT NULL
+    );
 ";
 
 impl SqliteStore {
@@ -293,11 +325,13 @@ impl Store for SqliteStore {
                 "INSERT INTO log (experiment_id, sequence, unix_ms, kind, decision_id, event_id, action, baseline,
                                   num_actions, propensity, played_baseline, reward, alpha, features, detail)
                  SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15
-                 WHERE EXISTS (SELECT 1 FROM experiments WHERE id = ?1)",
+                 WHERE EXISTS (SELECT 1 FROM experiments WHERE id = ?1)
+                    OR EXISTS (SELECT 1 FROM episodic_experiments WHERE id = ?1)",
             )?;
             let mut insert_snapshot = tx.prepare_cached(
                 "INSERT INTO snapshots (experiment_id, sequence, state)
                  SELECT ?1, ?2, ?3 WHERE EXISTS (SELECT 1 FROM experiments WHERE id = ?1)
+                                      OR EXISTS (SELECT 1 FROM episodic_experiments WHERE id = ?1)
                  ON CONFLICT(experiment_id) DO UPDATE SET sequence = excluded.sequence, state = excluded.state",
             )?;
             let mut compact = tx.prepare_cached("DELETE FROM log WHERE experiment_id = ?1 AND sequence <= ?2")?;
@@ -332,6 +366,41 @@ impl Store for SqliteStore {
             visit(record_from_row(row)?)?;
         }
         Ok(())
+    }
+
+    fn save_episodic(&self, id: &str, config_json: &str) -> Result<(), StoreError> {
+        self.connection().execute(
+            "INSERT INTO episodic_experiments (id, config) VALUES (?1, ?2)
+             ON CONFLICT(id) DO UPDATE SET config = excluded.config",
+            params![id, config_json],
+        )?;
+        Ok(())
+    }
+
+    fn delete_episodic(&self, id: &str) -> Result<(), StoreError> {
+        let mut connection = self.connection();
+        let tx = connection.transaction()?;
+        tx.execute("DELETE FROM snapshots WHERE experiment_id = ?1", params![id])?;
+        tx.execute("DELETE FROM log WHERE experiment_id = ?1", params![id])?;
+        tx.execute("DELETE FROM episodic_experiments WHERE id = ?1", params![id])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn load_episodic(&self) -> Result<Vec<StoredEpisodic>, StoreError> {
+        let connection = self.connection();
+        let rows = {
+            let mut select = connection.prepare("SELECT id, config FROM episodic_experiments ORDER BY id")?;
+            select
+                .query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)))?
+                .collect::<Result<Vec<_>, _>>()?
+        };
+        let mut out = Vec::with_capacity(rows.len());
+        for (id, config) in rows {
+            let (snapshot, log) = snapshot_and_log(&connection, &id)?;
+            out.push(StoredEpisodic { id, config, snapshot, log });
+        }
+        Ok(out)
     }
 
     fn recent_log(&self, experiment: &str, limit: usize) -> Result<Vec<LogRecord>, StoreError> {
@@ -429,6 +498,32 @@ fn insert_record(insert: &mut rusqlite::CachedStatement<'_>, record: &LogRecord)
                 None::<String>
             ])?;
         }
+        LogEntry::EpisodeStart(_) | LogEntry::Step(_) | LogEntry::EpisodeEnd { .. } => {
+            let detail = match &record.entry {
+                LogEntry::EpisodeStart(start) => serde_json::to_string(start),
+                LogEntry::Step(step) => serde_json::to_string(step),
+                LogEntry::EpisodeEnd { episode } => serde_json::to_string(episode),
+                _ => unreachable!("matched above"),
+            }
+            .map_err(corrupt)?;
+            insert.execute(params![
+                id,
+                sequence,
+                record.unix_ms,
+                kind,
+                None::<i64>,
+                None::<String>,
+                None::<i64>,
+                None::<i64>,
+                None::<i64>,
+                None::<f64>,
+                None::<bool>,
+                None::<f64>,
+                None::<f64>,
+                None::<Vec<u8>>,
+                detail
+            ])?;
+        }
         LogEntry::ClearDrift => {
             insert.execute(params![
                 id,
@@ -498,6 +593,17 @@ fn record_from_row(row: &rusqlite::Row<'_>) -> Result<LogRecord, StoreError> {
         },
         "timeout" => LogEntry::Timeout { decision_id: decision_id()? },
         "clear_drift" => LogEntry::ClearDrift,
+        "episode_start" | "step" | "episode_end" => {
+            let detail: String = row.get(14)?;
+            let bad = |e: serde_json::Error| corrupt(format!("log record {sequence} ({kind}): {e}"));
+            match kind.as_str() {
+                "episode_start" => {
+                    LogEntry::EpisodeStart(serde_json::from_str::<EpisodeStartRecord>(&detail).map_err(bad)?)
+                }
+                "step" => LogEntry::Step(serde_json::from_str::<StepRecord>(&detail).map_err(bad)?),
+                _ => LogEntry::EpisodeEnd { episode: serde_json::from_str(&detail).map_err(bad)? },
+            }
+        }
         "alpha" => LogEntry::Alpha {
             alpha: row.get::<_, Option<f64>>(12)?.ok_or_else(|| corrupt(format!("alpha {sequence} has no value")))?,
         },
@@ -514,6 +620,12 @@ fn load_one(connection: &Connection, id: &str) -> Result<Option<StoredExperiment
     let Some(json) = json else { return Ok(None) };
     let definition: ExperimentDef =
         serde_json::from_str(&json).map_err(|e| StoreError::Corrupt { id: id.to_owned(), reason: e.to_string() })?;
+    let (snapshot, log) = snapshot_and_log(connection, id)?;
+    Ok(Some(StoredExperiment { definition, snapshot, log }))
+}
+
+/// An experiment's latest snapshot and its log after the snapshot.
+fn snapshot_and_log(connection: &Connection, id: &str) -> Result<(Option<Snapshot>, Vec<LogRecord>), StoreError> {
     let snapshot = connection
         .query_row("SELECT sequence, state FROM snapshots WHERE experiment_id = ?1", params![id], |row| {
             Ok((row.get::<_, i64>(0)?, row.get::<_, Vec<u8>>(1)?))
@@ -529,7 +641,7 @@ fn load_one(connection: &Connection, id: &str) -> Result<Option<StoredExperiment
     while let Some(row) = rows.next()? {
         log.push(record_from_row(row)?);
     }
-    Ok(Some(StoredExperiment { definition, snapshot, log }))
+    Ok((snapshot, log))
 }
 
 /// A [`Store`] that keeps nothing: every write succeeds and is forgotten, every load is empty. For measuring

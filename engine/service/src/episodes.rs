@@ -1,0 +1,425 @@
+//! The `EpisodeService`: episodic RL experiments over gRPC. Each experiment is an engine
+//! [`EpisodicLearner`] behind one lock; every episode start, transition and episode end is written to the
+//! same decision log as the bandits' before it is acknowledged, and an experiment is rebuilt after a restart
+//! the same way: latest snapshot, then the log after it, each replayed start checked against the logged one.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use safebet_engine::{Driver, EngineError, EpisodicConfig, EpisodicLearner, RlAlgorithm, StartState};
+use safebet_proto as pb;
+use serde::{Deserialize, Serialize};
+use tonic::{Request, Response, Status};
+
+use crate::ServiceError;
+use crate::admin::blocking;
+use crate::definition::check_experiment_id;
+use crate::log::{EpisodeStartRecord, LogEntry, LogRecord, StepRecord};
+use crate::registry::{Registry, now_unix_ms};
+use crate::store::{Snapshot, Store, StoreError, StoredEpisodic, Write};
+use crate::writer::{Commit, LogWriter};
+
+/// One episodic experiment.
+#[derive(Debug)]
+pub struct EpisodicExperiment {
+    id: String,
+    state: Mutex<EpisodicState>,
+    writer: Option<Arc<LogWriter>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct EpisodicState {
+    learner: EpisodicLearner,
+    /// Position in the experiment's history (the log's sequence).
+    sequence: u64,
+    #[serde(skip)]
+    deleted: bool,
+    #[serde(skip)]
+    revision: u64,
+    #[serde(skip)]
+    flushed_revision: u64,
+}
+
+fn engine_error(id: &str, error: EngineError) -> ServiceError {
+    ServiceError::engine(format!("episodic experiment '{id}'"), error)
+}
+
+impl EpisodicExperiment {
+    /// A fresh experiment.
+    pub fn new(id: String, config: EpisodicConfig, writer: Option<Arc<LogWriter>>) -> Result<Self, ServiceError> {
+        let learner = EpisodicLearner::new(config).map_err(|e| engine_error(&id, e))?;
+        let state = EpisodicState { learner, sequence: 0, deleted: false, revision: 0, flushed_revision: 0 };
+        Ok(EpisodicExperiment { id, state: Mutex::new(state), writer })
+    }
+
+    /// Rebuilt from the store: snapshot, then the log after it.
+    pub fn rebuild(stored: &StoredEpisodic, writer: Option<Arc<LogWriter>>) -> Result<Self, ServiceError> {
+        let corrupt = |reason: String| ServiceError::Store(StoreError::Corrupt { id: stored.id.clone(), reason });
+        let config: EpisodicConfig = serde_json::from_str(&stored.config).map_err(|e| corrupt(e.to_string()))?;
+        let experiment = match &stored.snapshot {
+            Some(snapshot) => {
+                let state: EpisodicState =
+                    serde_json::from_slice(&snapshot.state).map_err(|e| corrupt(e.to_string()))?;
+                EpisodicExperiment { id: stored.id.clone(), state: Mutex::new(state), writer }
+            }
+            None => EpisodicExperiment::new(stored.id.clone(), config, writer)?,
+        };
+        {
+            let mut state = experiment.lock();
+            for record in &stored.log {
+                replay(&mut state, record).map_err(corrupt)?;
+            }
+        }
+        Ok(experiment)
+    }
+
+    /// The experiment's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn lock(&self) -> MutexGuard<'_, EpisodicState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn gone(&self) -> ServiceError {
+        ServiceError::NotFound(format!("unknown episodic experiment '{}' (deleted)", self.id))
+    }
+
+    /// Runs `change` on the state; on success advances the sequence and logs `entry(result)`.
+    fn apply<T>(
+        &self,
+        change: impl FnOnce(&mut EpisodicLearner) -> Result<T, EngineError>,
+        entry: impl FnOnce(&T) -> LogEntry,
+    ) -> Result<(T, Commit), ServiceError> {
+        let mut state = self.lock();
+        if state.deleted {
+            return Err(self.gone());
+        }
+        if let Some(reason) = self.writer.as_ref().and_then(|w| w.failure()) {
+            return Err(ServiceError::Unavailable(reason));
+        }
+        let result = change(&mut state.learner).map_err(|e| engine_error(&self.id, e))?;
+        state.sequence += 1;
+        state.revision += 1;
+        let commit = match &self.writer {
+            None => Commit::done(),
+            Some(writer) => writer.submit(Write::Log(LogRecord {
+                experiment_id: self.id.clone(),
+                sequence: state.sequence,
+                unix_ms: now_unix_ms(),
+                entry: entry(&result),
+            })),
+        };
+        Ok((result, commit))
+    }
+
+    /// A snapshot if the state changed since the last stored one (or always, with `force`).
+    pub fn snapshot(&self, force: bool) -> Option<(Snapshot, u64)> {
+        let state = self.lock().clone();
+        if state.deleted || (!force && state.revision == state.flushed_revision) {
+            return None;
+        }
+        let bytes = serde_json::to_vec(&state).expect("an episodic learner always serialises to JSON");
+        Some((Snapshot { experiment_id: self.id.clone(), sequence: state.sequence, state: bytes }, state.revision))
+    }
+
+    /// Records that the snapshot of `revision` is stored.
+    pub fn mark_flushed(&self, revision: u64) {
+        let mut state = self.lock();
+        state.flushed_revision = state.flushed_revision.max(revision);
+    }
+
+    /// Marks the experiment deleted: later calls holding it see NOT_FOUND.
+    pub fn mark_deleted(&self) {
+        self.lock().deleted = true;
+    }
+
+    /// Reloads the state from the store (after a failed commit).
+    pub fn reload(&self, stored: &StoredEpisodic) -> Result<(), ServiceError> {
+        let rebuilt = EpisodicExperiment::rebuild(stored, None)?;
+        let fresh = rebuilt.state.into_inner().unwrap_or_else(|p| p.into_inner());
+        let mut state = self.lock();
+        if !state.deleted {
+            *state = fresh;
+        }
+        Ok(())
+    }
+
+    fn report(&self) -> pb::EpisodicReport {
+        let state = self.lock();
+        let stats = state.learner.stats();
+        pb::EpisodicReport {
+            experiment_id: self.id.clone(),
+            episodes: stats.episodes,
+            learner_episodes: stats.learner_episodes,
+            baseline_episodes: stats.baseline_episodes,
+            steps: stats.steps,
+            last_margin: stats.last_margin,
+            episode_running: state.learner.active_policy().is_some(),
+            sequence: state.sequence,
+        }
+    }
+}
+
+/// Applies one logged record during a rebuild.
+fn replay(state: &mut EpisodicState, record: &LogRecord) -> Result<(), String> {
+    if record.sequence != state.sequence + 1 {
+        return Err(format!("the log jumps from sequence {} to {}", state.sequence, record.sequence));
+    }
+    let at = format!("replaying log record {}", record.sequence);
+    match &record.entry {
+        LogEntry::EpisodeStart(logged) => {
+            let plan = state.learner.start_episode().map_err(|e| format!("{at}: {e}"))?;
+            if plan.episode != logged.episode || (plan.driver == Driver::Learner) != logged.learner_drives {
+                return Err(format!("{at}: the learner started episode {} differently than logged", plan.episode));
+            }
+        }
+        LogEntry::Step(s) => state
+            .learner
+            .observe(s.step, s.state, s.action, s.reward, s.next_state)
+            .map_err(|e| format!("{at}: {e}"))?,
+        LogEntry::EpisodeEnd { .. } => {
+            state.learner.end_episode().map_err(|e| format!("{at}: {e}"))?;
+        }
+        other => return Err(format!("{at}: a {} record in an episodic experiment's log", other.kind())),
+    }
+    state.sequence = record.sequence;
+    Ok(())
+}
+
+/// The engine configuration of a spec.
+fn config_of(spec: &pb::EpisodicSpec) -> Result<EpisodicConfig, ServiceError> {
+    let algorithm = match pb::RlAlgorithm::try_from(spec.algorithm) {
+        Ok(pb::RlAlgorithm::Ucbvi) => RlAlgorithm::Ucbvi,
+        Ok(pb::RlAlgorithm::ConservativeUcbvi) => RlAlgorithm::ConservativeUcbvi,
+        _ => {
+            return Err(ServiceError::InvalidArgument(format!(
+                "spec.algorithm {} is not RL_ALGORITHM_UCBVI or RL_ALGORITHM_CONSERVATIVE_UCBVI",
+                spec.algorithm
+            )));
+        }
+    };
+    let start = if spec.start_probabilities.is_empty() {
+        StartState::Fixed { state: spec.start_state as usize }
+    } else {
+        StartState::Distribution { probabilities: spec.start_probabilities.clone() }
+    };
+    let config = EpisodicConfig {
+        algorithm,
+        states: spec.states as usize,
+        actions: spec.actions as usize,
+        horizon: spec.horizon as usize,
+        start,
+        baseline_policy: spec.baseline_policy.iter().map(|&a| a as usize).collect(),
+        baseline_value: spec.baseline_value,
+        alpha: spec.alpha.unwrap_or(0.1),
+        delta: spec.delta.unwrap_or(0.05),
+        reward_range: [spec.reward_min.unwrap_or(0.0), spec.reward_max.unwrap_or(1.0)],
+        bonus_scale: spec.bonus_scale.unwrap_or(1.0),
+    };
+    config.validate().map_err(|e| ServiceError::engine("spec", e))?;
+    Ok(config)
+}
+
+fn spec_of(config: &EpisodicConfig) -> pb::EpisodicSpec {
+    let (start_state, start_probabilities) = match &config.start {
+        StartState::Fixed { state } => (*state as u32, vec![]),
+        StartState::Distribution { probabilities } => (0, probabilities.clone()),
+    };
+    pb::EpisodicSpec {
+        algorithm: match config.algorithm {
+            RlAlgorithm::Ucbvi => pb::RlAlgorithm::Ucbvi,
+            RlAlgorithm::ConservativeUcbvi => pb::RlAlgorithm::ConservativeUcbvi,
+        } as i32,
+        states: config.states as u32,
+        actions: config.actions as u32,
+        horizon: config.horizon as u32,
+        start_state,
+        start_probabilities,
+        baseline_policy: config.baseline_policy.iter().map(|&a| a as u32).collect(),
+        baseline_value: config.baseline_value,
+        alpha: Some(config.alpha),
+        delta: Some(config.delta),
+        reward_min: Some(config.reward_range[0]),
+        reward_max: Some(config.reward_range[1]),
+        bonus_scale: Some(config.bonus_scale),
+    }
+}
+
+fn driver(driver: Driver) -> i32 {
+    let driver = match driver {
+        Driver::Learner => pb::Driver::Learner,
+        Driver::Baseline => pb::Driver::Baseline,
+    };
+    driver as i32
+}
+
+/// Largest number of states times actions times horizon accepted over the API: planning an episode costs
+/// H * S^2 * A, and must stay well under a second.
+const MAX_PLANNING_SIZE: u64 = 50_000_000;
+
+/// Serves `safebet.v1.EpisodeService`.
+pub struct EpisodeApi {
+    registry: Arc<Registry>,
+    store: Arc<dyn Store>,
+    changes: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for EpisodeApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EpisodeApi").finish_non_exhaustive()
+    }
+}
+
+async fn durable<T>(result: Result<(T, Commit), ServiceError>) -> Result<T, ServiceError> {
+    let (value, commit) = result?;
+    commit.wait().await.map_err(ServiceError::Unavailable)?;
+    Ok(value)
+}
+
+impl EpisodeApi {
+    /// The episode service over `registry`, persisting to `store`.
+    pub fn new(registry: Arc<Registry>, store: Arc<dyn Store>) -> Self {
+        EpisodeApi { registry, store, changes: tokio::sync::Mutex::new(()) }
+    }
+
+    fn experiment(&self, id: &str) -> Result<Arc<EpisodicExperiment>, ServiceError> {
+        check_experiment_id(id)?;
+        self.registry.episodic(id)
+    }
+}
+
+#[tonic::async_trait]
+impl pb::episode_service_server::EpisodeService for EpisodeApi {
+    async fn create_episodic_experiment(
+        &self,
+        request: Request<pb::CreateEpisodicExperimentRequest>,
+    ) -> Result<Response<pb::EpisodicExperiment>, Status> {
+        let request = request.into_inner();
+        check_experiment_id(&request.id)?;
+        let spec = request.spec.ok_or_else(|| ServiceError::InvalidArgument("spec is required".into()))?;
+        let config = config_of(&spec)?;
+        let size = config.states as u64 * config.states as u64 * config.actions as u64 * config.horizon as u64;
+        if size > MAX_PLANNING_SIZE {
+            return Err(ServiceError::ResourceExhausted(format!(
+                "states^2 x actions x horizon = {size} is over the limit of {MAX_PLANNING_SIZE}: planning an \
+                 episode would take too long"
+            ))
+            .into());
+        }
+        let _changes = self.changes.lock().await;
+        self.registry.check_insert(&request.id)?;
+        let experiment =
+            Arc::new(EpisodicExperiment::new(request.id.clone(), config.clone(), self.registry.writer().cloned())?);
+        let json = serde_json::to_string(&config).map_err(|e| ServiceError::InvalidArgument(e.to_string()))?;
+        let id = request.id.clone();
+        blocking(&self.store, move |store| store.save_episodic(&id, &json)).await.map_err(ServiceError::from)?;
+        self.registry.insert_episodic(experiment)?;
+        tracing::info!(experiment = %request.id, "episodic experiment created");
+        Ok(Response::new(pb::EpisodicExperiment { id: request.id, spec: Some(spec_of(&config)) }))
+    }
+
+    async fn start_episode(
+        &self,
+        request: Request<pb::StartEpisodeRequest>,
+    ) -> Result<Response<pb::EpisodePlan>, Status> {
+        let experiment = self.experiment(&request.into_inner().experiment_id)?;
+        let plan = durable(experiment.apply(
+            |learner| learner.start_episode(),
+            |plan| {
+                LogEntry::EpisodeStart(EpisodeStartRecord {
+                    episode: plan.episode,
+                    learner_drives: plan.driver == Driver::Learner,
+                })
+            },
+        ))
+        .await?;
+        Ok(Response::new(pb::EpisodePlan {
+            episode: plan.episode,
+            driver: driver(plan.driver),
+            learner_value_lower_bound: plan.learner_value_lower_bound,
+            margin: plan.margin,
+        }))
+    }
+
+    async fn act(&self, request: Request<pb::ActRequest>) -> Result<Response<pb::ActResponse>, Status> {
+        let request = request.into_inner();
+        let experiment = self.experiment(&request.experiment_id)?;
+        let state = experiment.lock();
+        if state.deleted {
+            return Err(experiment.gone().into());
+        }
+        let action = state
+            .learner
+            .action(request.step as usize, request.state as usize)
+            .map_err(|e| engine_error(&experiment.id, e))?;
+        Ok(Response::new(pb::ActResponse { action: action as u32 }))
+    }
+
+    async fn observe(&self, request: Request<pb::ObserveRequest>) -> Result<Response<pb::ObserveResponse>, Status> {
+        let request = request.into_inner();
+        let experiment = self.experiment(&request.experiment_id)?;
+        let reward = match request.reward {
+            Some(r) if r.is_finite() => r,
+            Some(r) => return Err(ServiceError::InvalidArgument(format!("reward must be finite, got {r}")).into()),
+            None => return Err(ServiceError::InvalidArgument("reward is required".into()).into()),
+        };
+        let step = StepRecord {
+            step: request.step as usize,
+            state: request.state as usize,
+            action: request.action as usize,
+            reward,
+            next_state: request.next_state as usize,
+        };
+        let steps = durable(experiment.apply(
+            |learner| {
+                learner.observe(step.step, step.state, step.action, step.reward, step.next_state)?;
+                Ok(learner.stats().steps)
+            },
+            |_| LogEntry::Step(step),
+        ))
+        .await?;
+        Ok(Response::new(pb::ObserveResponse { steps }))
+    }
+
+    async fn end_episode(
+        &self,
+        request: Request<pb::EndEpisodeRequest>,
+    ) -> Result<Response<pb::EpisodeSummary>, Status> {
+        let experiment = self.experiment(&request.into_inner().experiment_id)?;
+        let summary =
+            durable(experiment.apply(|learner| learner.end_episode(), |s| LogEntry::EpisodeEnd { episode: s.episode }))
+                .await?;
+        Ok(Response::new(pb::EpisodeSummary {
+            episode: summary.episode,
+            driver: driver(summary.driver),
+            steps: summary.steps as u64,
+            episode_return: summary.episode_return,
+        }))
+    }
+
+    async fn get_episodic_report(
+        &self,
+        request: Request<pb::GetEpisodicReportRequest>,
+    ) -> Result<Response<pb::EpisodicReport>, Status> {
+        let experiment = self.experiment(&request.into_inner().experiment_id)?;
+        Ok(Response::new(experiment.report()))
+    }
+
+    async fn delete_episodic_experiment(
+        &self,
+        request: Request<pb::DeleteEpisodicExperimentRequest>,
+    ) -> Result<Response<pb::DeleteEpisodicExperimentResponse>, Status> {
+        let id = request.into_inner().experiment_id;
+        let _changes = self.changes.lock().await;
+        self.experiment(&id)?;
+        let deleted = id.clone();
+        blocking(&self.store, move |store| store.delete_episodic(&deleted)).await.map_err(ServiceError::from)?;
+        self.registry.remove_episodic(&id)?;
+        if let Some(writer) = self.registry.writer() {
+            let _ = writer.barrier().wait().await;
+        }
+        tracing::info!(experiment = %id, "episodic experiment deleted");
+        Ok(Response::new(pb::DeleteEpisodicExperimentResponse {}))
+    }
+}

@@ -1,0 +1,203 @@
+//! Episodic RL over gRPC: the service drives episodes exactly as the engine's learner does in-process, every
+//! step is in the decision log, and a restart in the middle of an episode continues it where it was.
+
+use rand::{RngExt, SeedableRng};
+use rand_xoshiro::Xoshiro256PlusPlus;
+use safebet_engine::rl::environments::river_swim;
+use safebet_engine::{Driver, EpisodicConfig, EpisodicLearner, RlAlgorithm, StartState, evaluate_policy};
+use safebet_proto as pb;
+use safebet_proto::episode_service_client::EpisodeServiceClient;
+use safebet_service::Limits;
+use tonic::Code;
+use tonic::transport::Channel;
+
+use crate::support::*;
+
+async fn episodes(server: &TestServer) -> EpisodeServiceClient<Channel> {
+    EpisodeServiceClient::new(server.channel().await)
+}
+
+fn act(step: usize, state: usize) -> pb::ActRequest {
+    pb::ActRequest { experiment_id: "river".into(), step: step as u32, state: state as u32 }
+}
+
+fn observe(step: usize, state: usize, action: usize, reward: f64, next: usize) -> pb::ObserveRequest {
+    pb::ObserveRequest {
+        experiment_id: "river".into(),
+        step: step as u32,
+        state: state as u32,
+        action: action as u32,
+        reward: Some(reward),
+        next_state: next as u32,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn episodes_over_grpc_equal_the_engine_and_survive_a_restart_mid_episode() {
+    let env = river_swim(6, 20).unwrap();
+    let table: Vec<usize> = env.baseline.iter().copied().cycle().take(6 * 20).collect();
+    let baseline_value = evaluate_policy(&env.mdp, &table)[env.start];
+    let config = EpisodicConfig {
+        algorithm: RlAlgorithm::ConservativeUcbvi,
+        states: 6,
+        actions: 2,
+        horizon: 20,
+        start: StartState::Fixed { state: env.start },
+        baseline_policy: env.baseline.clone(),
+        baseline_value: Some(baseline_value),
+        alpha: 0.5,
+        delta: 0.05,
+        reward_range: [0.0, 1.0],
+        bonus_scale: 1.0,
+    };
+    let mut local = EpisodicLearner::new(config).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = TestServer::start_with(dir.path(), vec![], Limits::default()).await;
+    let mut client = episodes(&server).await;
+    let spec = pb::EpisodicSpec {
+        algorithm: pb::RlAlgorithm::ConservativeUcbvi as i32,
+        states: 6,
+        actions: 2,
+        horizon: 20,
+        start_state: env.start as u32,
+        baseline_policy: env.baseline.iter().map(|&a| a as u32).collect(),
+        baseline_value: Some(baseline_value),
+        alpha: Some(0.5),
+        ..Default::default()
+    };
+    client
+        .create_episodic_experiment(pb::CreateEpisodicExperimentRequest {
+            id: "river".into(),
+            spec: Some(spec.clone()),
+        })
+        .await
+        .unwrap();
+    let again = client
+        .create_episodic_experiment(pb::CreateEpisodicExperimentRequest { id: "river".into(), spec: Some(spec) })
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), Code::AlreadyExists);
+
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(9);
+    let mut learner_episodes = 0;
+    for episode in 0..40u64 {
+        let plan =
+            client.start_episode(pb::StartEpisodeRequest { experiment_id: "river".into() }).await.unwrap().into_inner();
+        let expected = local.start_episode().unwrap();
+        assert_eq!(plan.episode, expected.episode);
+        let driver = if expected.driver == Driver::Learner { pb::Driver::Learner } else { pb::Driver::Baseline };
+        assert_eq!(plan.driver, driver as i32, "episode {episode}: who drives");
+        learner_episodes += u64::from(expected.driver == Driver::Learner);
+        let mut state = env.start;
+        for step in 0..20 {
+            if episode == 25 && step == 10 {
+                // Restart in the middle of the episode: the new process continues it.
+                server.stop().await.unwrap();
+                server = TestServer::start_with(dir.path(), vec![], Limits::default()).await;
+                client = episodes(&server).await;
+                let report = client
+                    .get_episodic_report(pb::GetEpisodicReportRequest { experiment_id: "river".into() })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                assert!(report.episode_running, "the episode is still running after the restart");
+                assert_eq!(report.episodes, 26);
+            }
+            let action = client.act(act(step, state)).await.unwrap().into_inner().action as usize;
+            assert_eq!(action, local.action(step, state).unwrap(), "episode {episode}, step {step}");
+            let u: f64 = rng.random();
+            let mut next = 5;
+            let mut acc = 0.0;
+            for (s, p) in env.mdp.next_state_distribution(state, action).iter().enumerate() {
+                acc += p;
+                if u < acc {
+                    next = s;
+                    break;
+                }
+            }
+            let reward = env.mdp.rewards[state * 2 + action];
+            client.observe(observe(step, state, action, reward, next)).await.unwrap();
+            local.observe(step, state, action, reward, next).unwrap();
+            state = next;
+        }
+        let summary =
+            client.end_episode(pb::EndEpisodeRequest { experiment_id: "river".into() }).await.unwrap().into_inner();
+        let expected = local.end_episode().unwrap();
+        assert_eq!(summary.episode_return.to_bits(), expected.episode_return.to_bits());
+    }
+    let report = client
+        .get_episodic_report(pb::GetEpisodicReportRequest { experiment_id: "river".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    let stats = local.stats();
+    assert_eq!(
+        (report.episodes, report.learner_episodes, report.steps),
+        (stats.episodes, stats.learner_episodes, stats.steps)
+    );
+    eprintln!("40 RiverSwim episodes over gRPC, {learner_episodes} driven by the learner, restart in episode 25");
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_episodic_calls_are_refused_and_change_nothing() {
+    let server = TestServer::start().await;
+    let mut client = episodes(&server).await;
+    let mut admin = server.admin().await;
+    create(&mut admin, "bandit", shared_spec(pb::Algorithm::Clucb, 2)).await;
+    let spec = pb::EpisodicSpec {
+        algorithm: pb::RlAlgorithm::Ucbvi as i32,
+        states: 3,
+        actions: 2,
+        horizon: 4,
+        baseline_policy: vec![0, 0, 0],
+        ..Default::default()
+    };
+    let create =
+        |id: &str, spec: pb::EpisodicSpec| pb::CreateEpisodicExperimentRequest { id: id.into(), spec: Some(spec) };
+    let clash = client.create_episodic_experiment(create("bandit", spec.clone())).await.unwrap_err();
+    assert_eq!(clash.code(), Code::AlreadyExists, "ids are shared with bandit experiments");
+    let mut bad = spec.clone();
+    bad.baseline_policy = vec![0, 5, 0];
+    assert_eq!(client.create_episodic_experiment(create("x", bad)).await.unwrap_err().code(), Code::InvalidArgument);
+    let mut bad = spec.clone();
+    bad.algorithm = 0;
+    assert_eq!(client.create_episodic_experiment(create("x", bad)).await.unwrap_err().code(), Code::InvalidArgument);
+    client.create_episodic_experiment(create("river", spec)).await.unwrap();
+
+    let report = async |client: &mut EpisodeServiceClient<Channel>| {
+        client
+            .get_episodic_report(pb::GetEpisodicReportRequest { experiment_id: "river".into() })
+            .await
+            .unwrap()
+            .into_inner()
+    };
+    let before = report(&mut client).await;
+    // Nothing is running yet.
+    let not_started = client.act(act(0, 0)).await.unwrap_err();
+    assert_eq!(not_started.code(), Code::FailedPrecondition, "{not_started:?}");
+    assert!(client.observe(observe(0, 0, 0, 0.0, 1)).await.is_err());
+    assert!(client.end_episode(pb::EndEpisodeRequest { experiment_id: "river".into() }).await.is_err());
+    assert_eq!(report(&mut client).await, before);
+
+    client.start_episode(pb::StartEpisodeRequest { experiment_id: "river".into() }).await.unwrap();
+    let running = report(&mut client).await;
+    let twice = client.start_episode(pb::StartEpisodeRequest { experiment_id: "river".into() }).await.unwrap_err();
+    assert_eq!(twice.code(), Code::FailedPrecondition, "{twice:?}");
+    for (request, what) in [
+        (observe(1, 0, 0, 0.0, 1), "a step out of order"),
+        (observe(0, 7, 0, 0.0, 1), "a state out of range"),
+        (observe(0, 0, 9, 0.0, 1), "an action out of range"),
+        (observe(0, 0, 0, f64::NAN, 1), "a NaN reward"),
+        (observe(0, 0, 0, 3.0, 1), "a reward out of range"),
+        (observe(0, 0, 0, 0.0, 3), "a next state out of range"),
+    ] {
+        let refused = client.observe(request).await.unwrap_err();
+        assert!(matches!(refused.code(), Code::InvalidArgument | Code::FailedPrecondition), "{what}: {refused:?}");
+        assert_eq!(report(&mut client).await, running, "{what} changed the experiment");
+    }
+    assert_eq!(client.act(act(0, 9)).await.unwrap_err().code(), Code::InvalidArgument);
+    let unknown = client.start_episode(pb::StartEpisodeRequest { experiment_id: "nope".into() }).await.unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
+}
