@@ -4,12 +4,16 @@
 use rand::{RngExt, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use safebet_engine::rl::environments::{Environment, cliff_gridworld, inventory, river_swim};
-use safebet_engine::{Driver, EngineError, EpisodicConfig, EpisodicLearner, RlAlgorithm, StartState, evaluate_policy};
+use safebet_engine::{
+    Driver, EngineError, EpisodicConfig, EpisodicLearner, RlAlgorithm, StartState, evaluate_policy, optimal_policy,
+};
 
 const SEEDS: u64 = 100;
 
 struct EpisodicOutcome {
     first_violation: Option<u64>,
+    /// V*(s_1) minus the exact value of the policy that drove each episode.
+    regret: Vec<f64>,
 }
 
 fn config(env: &Environment, algorithm: RlAlgorithm, alpha: f64, known_baseline: bool) -> EpisodicConfig {
@@ -41,13 +45,15 @@ fn run(env: &Environment, config: EpisodicConfig, seed: u64, episodes: u64) -> E
     let (s_count, horizon) = (mdp.states, mdp.horizon);
     let baseline_value = evaluate_policy(mdp, learner.baseline_policy())[env.start];
     let (mut played, mut owed) = (0.0, 0.0);
-    let mut outcome = EpisodicOutcome { first_violation: None };
+    let best = optimal_policy(mdp).1[env.start];
+    let mut outcome = EpisodicOutcome { first_violation: None, regret: Vec::with_capacity(episodes as usize) };
     for k in 0..episodes {
         learner.start_episode().unwrap();
         let policy = learner.active_policy().unwrap().to_vec();
         let value = evaluate_policy(mdp, &policy)[env.start];
         played += value;
         owed += (1.0 - alpha) * baseline_value;
+        outcome.regret.push(best - value);
         if played < owed - 1e-9 && outcome.first_violation.is_none() {
             outcome.first_violation = Some(k + 1);
         }
@@ -96,6 +102,24 @@ fn conservative_ucbvi_never_violates_the_episodic_constraint() {
             }
         }
     }
+}
+
+#[test]
+fn the_conservative_learners_regret_per_episode_falls() {
+    // RiverSwim with the baseline's value known and alpha = 0.5: enough budget for the learner to drive
+    // most episodes once it has banked some, so learning shows within a few thousand episodes.
+    let env = river_swim(6, 20).unwrap();
+    let (seeds, episodes) = (10u64, 3000usize);
+    let tenth = episodes / 10;
+    let (mut early, mut late) = (0.0, 0.0);
+    for seed in 0..seeds {
+        let outcome = run(&env, config(&env, RlAlgorithm::ConservativeUcbvi, 0.5, true), seed, episodes as u64);
+        assert_eq!(outcome.first_violation, None);
+        early += outcome.regret[..tenth].iter().sum::<f64>() / (tenth as f64 * seeds as f64);
+        late += outcome.regret[episodes - tenth..].iter().sum::<f64>() / (tenth as f64 * seeds as f64);
+    }
+    eprintln!("conservative UCBVI on RiverSwim, alpha 0.5: regret per episode {early:.3} early, {late:.3} late");
+    assert!(late < 0.5 * early, "regret per episode did not fall: {early} early, {late} late");
 }
 
 #[test]
