@@ -29,6 +29,8 @@ pub enum Command {
     Export(transfer::ExportArgs),
     /// Create an experiment on a server from a file written by `safebet export`.
     Import(transfer::ImportArgs),
+    /// Make API keys for `safebet serve --keys`.
+    Keys(keys::KeysArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -40,9 +42,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Log(args) => log::run(args),
         Command::Export(args) => transfer::export(args),
         Command::Import(args) => transfer::import(args),
+        Command::Keys(args) => keys::run(args),
     }
 }
 
+mod keys;
 mod log;
 mod ope;
 mod serve;

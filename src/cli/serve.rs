@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use safebet_service::{ExperimentsFile, MemoryStore, ServeOptions, SqliteStore, Store};
+use safebet_service::{ExperimentsFile, Keys, MemoryStore, ServeOptions, SqliteStore, Store};
 
 /// Where the service keeps its state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -33,6 +33,11 @@ pub struct ServeArgs {
     /// Where state is kept.
     #[arg(long, value_enum, default_value_t = StoreKind::Sqlite)]
     store: StoreKind,
+    /// API keys file (`[[key]]` tables: id, role = "admin" | "decide", sha256, optional experiments). Keys
+    /// can also come from SAFEBET_API_KEYS ("id:role:sha256[:exp|exp],..."). Without keys, authentication is
+    /// off and the service listens on loopback only. `safebet keys new` makes a key.
+    #[arg(long, value_name = "FILE")]
+    keys: Option<PathBuf>,
     /// Retention: delete the decision log up to each stored snapshot (the log then reaches back only to the
     /// latest snapshot; `safebet log` exports only what is kept).
     #[arg(long)]
@@ -67,6 +72,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
     };
     let mut options = ServeOptions::new(store);
+    options.keys = match (&args.keys, std::env::var("SAFEBET_API_KEYS")) {
+        (Some(path), _) => Keys::from_file(path)?,
+        (None, Ok(text)) if !text.trim().is_empty() => Keys::parse_env(&text).context("reading SAFEBET_API_KEYS")?,
+        _ => Keys::none(),
+    };
     options.declared = declared;
     options.compact_log = args.compact_log;
     options.snapshot_interval = Duration::from_secs(args.snapshot_interval_secs.max(1));

@@ -11,7 +11,8 @@ use safebet_proto::experiment_admin_client::ExperimentAdminClient;
 /// Exported models can be large (V^-1 and pending decisions); allow up to this much in either direction.
 const MAX_MODEL_BYTES: usize = 256 << 20;
 
-/// Write an experiment's complete state to a file (admin `ExportModel`).
+/// Write an experiment's complete state to a file (admin `ExportModel`). Sends the API key in
+/// SAFEBET_API_KEY, if set.
 #[derive(Debug, Args)]
 pub struct ExportArgs {
     /// The experiment to export.

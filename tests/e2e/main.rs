@@ -1,6 +1,7 @@
 //! End-to-end tests: the real server in-process on an ephemeral loopback port (and the real binary for
 //! signals), driven by a real tonic client.
 
+mod auth;
 mod bad_input;
 mod concurrency;
 mod drift;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use safebet_proto as pb;
 use safebet_proto::decision_service_client::DecisionServiceClient;
 use safebet_proto::experiment_admin_client::ExperimentAdminClient;
-use safebet_service::{ExperimentDef, Limits, ServeError, ServeOptions, SqliteStore, Store};
+use safebet_service::{ExperimentDef, Keys, Limits, ServeError, ServeOptions, SqliteStore, Store};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
@@ -38,9 +38,20 @@ impl TestServer {
 
     /// A server on any store.
     pub async fn start_on(store: Arc<dyn Store>, declared: Vec<ExperimentDef>, limits: Limits) -> TestServer {
+        Self::start_keyed(store, declared, limits, Keys::none()).await
+    }
+
+    /// A server on any store, with API keys.
+    pub async fn start_keyed(
+        store: Arc<dyn Store>,
+        declared: Vec<ExperimentDef>,
+        limits: Limits,
+        keys: Keys,
+    ) -> TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let mut options = ServeOptions::new(store);
+        options.keys = keys;
         options.declared = declared;
         options.limits = limits;
         options.timeout_check_interval = Duration::from_millis(10);

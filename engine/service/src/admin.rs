@@ -11,6 +11,7 @@ use tonic::{Request, Response, Status};
 use safebet_engine::{DecisionLogSettings, DecisionTarget, Estimator, LoggedDecision, evaluate_decision_log};
 
 use crate::ServiceError;
+use crate::auth::{Role, principal};
 use crate::definition::{ExperimentDef, check_experiment_id};
 use crate::log::{LogEntry, LogRecord};
 use crate::registry::{Experiment, Registry, Report, SavedState};
@@ -90,7 +91,11 @@ impl AdminApi {
         Ok(pb::ExportModelResponse { id: id.to_owned(), sequence: snapshot.sequence, model })
     }
 
-    async fn import(&self, request: pb::ImportModelRequest) -> Result<pb::Experiment, ServiceError> {
+    async fn import(
+        &self,
+        request: pb::ImportModelRequest,
+        caller: &crate::auth::Principal,
+    ) -> Result<pb::Experiment, ServiceError> {
         #[derive(serde::Deserialize)]
         struct Exported {
             format: String,
@@ -108,6 +113,9 @@ impl AdminApi {
             definition.id = request.id;
         }
         check_experiment_id(&definition.id)?;
+        caller
+            .check(Role::Admin, &definition.id)
+            .map_err(|status| ServiceError::PermissionDenied(status.message().to_owned()))?;
         definition.check(self.registry.limits())?;
         if saved.policy.config() != &definition.policy
             && (saved.policy.config().algorithm != definition.policy.algorithm
@@ -253,6 +261,7 @@ impl pb::experiment_admin_server::ExperimentAdmin for AdminApi {
         &self,
         request: Request<pb::CreateExperimentRequest>,
     ) -> Result<Response<pb::Experiment>, Status> {
+        principal(&request).check(Role::Admin, &request.get_ref().id)?;
         Ok(Response::new(self.create(request.into_inner()).await?))
     }
 
@@ -260,14 +269,16 @@ impl pb::experiment_admin_server::ExperimentAdmin for AdminApi {
         &self,
         request: Request<pb::GetExperimentRequest>,
     ) -> Result<Response<pb::Experiment>, Status> {
+        principal(&request).check(Role::Admin, &request.get_ref().id)?;
         let experiment = self.experiment(&request.into_inner().id)?;
         Ok(Response::new(experiment.definition().to_proto()))
     }
 
     async fn list_experiments(
         &self,
-        _request: Request<pb::ListExperimentsRequest>,
+        request: Request<pb::ListExperimentsRequest>,
     ) -> Result<Response<pb::ListExperimentsResponse>, Status> {
+        principal(&request).check_role(Role::Admin)?;
         let experiments = self.registry.list().iter().map(|e| e.definition().to_proto()).collect();
         Ok(Response::new(pb::ListExperimentsResponse { experiments }))
     }
@@ -276,6 +287,7 @@ impl pb::experiment_admin_server::ExperimentAdmin for AdminApi {
         &self,
         request: Request<pb::UpdateRiskBudgetRequest>,
     ) -> Result<Response<pb::Experiment>, Status> {
+        principal(&request).check(Role::Admin, &request.get_ref().id)?;
         let request = request.into_inner();
         let alpha = match request.alpha {
             None => return Err(ServiceError::InvalidArgument("alpha is required".into()).into()),
@@ -293,6 +305,7 @@ impl pb::experiment_admin_server::ExperimentAdmin for AdminApi {
         &self,
         request: Request<pb::PauseExperimentRequest>,
     ) -> Result<Response<pb::Experiment>, Status> {
+        principal(&request).check(Role::Admin, &request.get_ref().id)?;
         let id = request.into_inner().id;
         let updated = self.change(&id, Experiment::set_paused, true).await?;
         tracing::warn!(experiment = %id, "experiment paused: every decision plays the baseline");
@@ -303,6 +316,7 @@ impl pb::experiment_admin_server::ExperimentAdmin for AdminApi {
         &self,
         request: Request<pb::ResumeExperimentRequest>,
     ) -> Result<Response<pb::Experiment>, Status> {
+        principal(&request).check(Role::Admin, &request.get_ref().id)?;
         let id = request.into_inner().id;
         let updated = self.change(&id, Experiment::set_paused, false).await?;
         tracing::info!(experiment = %id, "experiment resumed");
@@ -313,6 +327,7 @@ impl pb::experiment_admin_server::ExperimentAdmin for AdminApi {
         &self,
         request: Request<pb::DeleteExperimentRequest>,
     ) -> Result<Response<pb::DeleteExperimentResponse>, Status> {
+        principal(&request).check(Role::Admin, &request.get_ref().id)?;
         let id = request.into_inner().id;
         let _changes = self.changes.lock().await;
         self.experiment(&id)?;
@@ -332,6 +347,7 @@ impl pb::experiment_admin_server::ExperimentAdmin for AdminApi {
         &self,
         request: Request<pb::GetReportRequest>,
     ) -> Result<Response<pb::ExperimentReport>, Status> {
+        principal(&request).check(Role::Admin, &request.get_ref().id)?;
         let experiment = self.experiment(&request.into_inner().id)?;
         let mut report = to_report(experiment.report());
         let id = experiment.id().to_owned();
@@ -347,10 +363,17 @@ impl pb::experiment_admin_server::ExperimentAdmin for AdminApi {
         &self,
         request: Request<pb::ExportModelRequest>,
     ) -> Result<Response<pb::ExportModelResponse>, Status> {
+        principal(&request).check(Role::Admin, &request.get_ref().id)?;
         Ok(Response::new(self.export(&request.into_inner().id).await?))
     }
 
     async fn import_model(&self, request: Request<pb::ImportModelRequest>) -> Result<Response<pb::Experiment>, Status> {
-        Ok(Response::new(self.import(request.into_inner()).await?))
+        let caller = principal(&request);
+        match request.get_ref().id.as_str() {
+            // The exported id is known only once the model is read: checked then.
+            "" => caller.check_role(Role::Admin)?,
+            id => caller.check(Role::Admin, id)?,
+        }
+        Ok(Response::new(self.import(request.into_inner(), &caller).await?))
     }
 }

@@ -10,6 +10,7 @@ use safebet_proto::decide_request::{Actions, Baseline};
 use tonic::{Request, Response, Status};
 
 use crate::ServiceError;
+use crate::auth::{Role, principal};
 use crate::definition::{check_action_ids, check_experiment_id};
 use crate::error::item_error;
 use crate::limits::{Limits, MAX_EVENT_ID_LEN};
@@ -95,6 +96,7 @@ async fn durable<T>(result: Result<(T, Commit), ServiceError>) -> Result<T, Serv
 #[tonic::async_trait]
 impl pb::decision_service_server::DecisionService for DecisionApi {
     async fn decide(&self, request: Request<pb::DecideRequest>) -> Result<Response<pb::DecideResponse>, Status> {
+        principal(&request).check(Role::Decide, &request.get_ref().experiment_id)?;
         let request = request.into_inner();
         let decided = self.decide_one(&request, &mut None, Instant::now());
         Ok(Response::new(durable(decided).await?))
@@ -104,7 +106,11 @@ impl pb::decision_service_server::DecisionService for DecisionApi {
         &self,
         request: Request<pb::DecideBatchRequest>,
     ) -> Result<Response<pb::DecideBatchResponse>, Status> {
+        let caller = principal(&request);
         let request = request.into_inner();
+        for item in &request.requests {
+            caller.check(Role::Decide, &item.experiment_id)?;
+        }
         self.check_batch("decisions", request.requests.len())?;
         let now = Instant::now();
         let mut cached = None;
@@ -123,6 +129,7 @@ impl pb::decision_service_server::DecisionService for DecisionApi {
     }
 
     async fn reward(&self, request: Request<pb::RewardRequest>) -> Result<Response<pb::RewardResponse>, Status> {
+        principal(&request).check(Role::Decide, &request.get_ref().experiment_id)?;
         let request = request.into_inner();
         let applied = self.reward_one(&request, &mut None);
         Ok(Response::new(durable(applied).await?))
@@ -132,7 +139,11 @@ impl pb::decision_service_server::DecisionService for DecisionApi {
         &self,
         request: Request<pb::RewardBatchRequest>,
     ) -> Result<Response<pb::RewardBatchResponse>, Status> {
+        let caller = principal(&request);
         let request = request.into_inner();
+        for item in &request.rewards {
+            caller.check(Role::Decide, &item.experiment_id)?;
+        }
         self.check_batch("rewards", request.rewards.len())?;
         let mut cached = None;
         let applied: Vec<_> = request.rewards.iter().map(|item| self.reward_one(item, &mut cached)).collect();

@@ -12,6 +12,7 @@ use tonic::{Request, Response, Status};
 
 use crate::ServiceError;
 use crate::admin::blocking;
+use crate::auth::{Role, principal};
 use crate::definition::check_experiment_id;
 use crate::log::{EpisodeStartRecord, LogEntry, LogRecord, StepRecord};
 use crate::registry::{Registry, now_unix_ms};
@@ -295,6 +296,7 @@ impl pb::episode_service_server::EpisodeService for EpisodeApi {
         &self,
         request: Request<pb::CreateEpisodicExperimentRequest>,
     ) -> Result<Response<pb::EpisodicExperiment>, Status> {
+        principal(&request).check(Role::Admin, &request.get_ref().id)?;
         let request = request.into_inner();
         check_experiment_id(&request.id)?;
         let spec = request.spec.ok_or_else(|| ServiceError::InvalidArgument("spec is required".into()))?;
@@ -323,6 +325,7 @@ impl pb::episode_service_server::EpisodeService for EpisodeApi {
         &self,
         request: Request<pb::StartEpisodeRequest>,
     ) -> Result<Response<pb::EpisodePlan>, Status> {
+        principal(&request).check(Role::Decide, &request.get_ref().experiment_id)?;
         let experiment = self.experiment(&request.into_inner().experiment_id)?;
         let plan = durable(experiment.apply(
             |learner| learner.start_episode(),
@@ -343,6 +346,7 @@ impl pb::episode_service_server::EpisodeService for EpisodeApi {
     }
 
     async fn act(&self, request: Request<pb::ActRequest>) -> Result<Response<pb::ActResponse>, Status> {
+        principal(&request).check(Role::Decide, &request.get_ref().experiment_id)?;
         let request = request.into_inner();
         let experiment = self.experiment(&request.experiment_id)?;
         let state = experiment.lock();
@@ -357,6 +361,7 @@ impl pb::episode_service_server::EpisodeService for EpisodeApi {
     }
 
     async fn observe(&self, request: Request<pb::ObserveRequest>) -> Result<Response<pb::ObserveResponse>, Status> {
+        principal(&request).check(Role::Decide, &request.get_ref().experiment_id)?;
         let request = request.into_inner();
         let experiment = self.experiment(&request.experiment_id)?;
         let reward = match request.reward {
@@ -386,6 +391,7 @@ impl pb::episode_service_server::EpisodeService for EpisodeApi {
         &self,
         request: Request<pb::EndEpisodeRequest>,
     ) -> Result<Response<pb::EpisodeSummary>, Status> {
+        principal(&request).check(Role::Decide, &request.get_ref().experiment_id)?;
         let experiment = self.experiment(&request.into_inner().experiment_id)?;
         let summary =
             durable(experiment.apply(|learner| learner.end_episode(), |s| LogEntry::EpisodeEnd { episode: s.episode }))
@@ -402,6 +408,7 @@ impl pb::episode_service_server::EpisodeService for EpisodeApi {
         &self,
         request: Request<pb::GetEpisodicReportRequest>,
     ) -> Result<Response<pb::EpisodicReport>, Status> {
+        principal(&request).check(Role::Admin, &request.get_ref().experiment_id)?;
         let experiment = self.experiment(&request.into_inner().experiment_id)?;
         Ok(Response::new(experiment.report()))
     }
@@ -410,6 +417,7 @@ impl pb::episode_service_server::EpisodeService for EpisodeApi {
         &self,
         request: Request<pb::DeleteEpisodicExperimentRequest>,
     ) -> Result<Response<pb::DeleteEpisodicExperimentResponse>, Status> {
+        principal(&request).check(Role::Admin, &request.get_ref().experiment_id)?;
         let id = request.into_inner().experiment_id;
         let _changes = self.changes.lock().await;
         self.experiment(&id)?;

@@ -39,6 +39,9 @@ pub enum ServiceError {
     /// The decision log refuses writes (an earlier commit failed); nothing was changed.
     #[error("{0}")]
     Unavailable(String),
+    /// The caller's key may not do this.
+    #[error("{0}")]
+    PermissionDenied(String),
 }
 
 impl ServiceError {
@@ -56,6 +59,7 @@ impl ServiceError {
             ServiceError::FailedPrecondition(_) => Code::FailedPrecondition,
             ServiceError::ResourceExhausted(_) => Code::ResourceExhausted,
             ServiceError::Store(_) | ServiceError::Unavailable(_) => Code::Unavailable,
+            ServiceError::PermissionDenied(_) => Code::PermissionDenied,
             ServiceError::Engine { source, .. } => match source.kind() {
                 ErrorKind::InvalidArgument => Code::InvalidArgument,
                 ErrorKind::NotFound => Code::NotFound,

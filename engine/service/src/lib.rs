@@ -30,6 +30,7 @@
 #![deny(missing_docs)]
 
 mod admin;
+mod auth;
 mod decision;
 mod definition;
 mod episodes;
@@ -42,6 +43,7 @@ mod store;
 mod writer;
 
 pub use admin::AdminApi;
+pub use auth::{KeySpec, Keys, KeysError, Principal, Role, hash_key};
 pub use decision::DecisionApi;
 pub use definition::{ExperimentDef, ExperimentsFile};
 pub use episodes::{EpisodeApi, EpisodicExperiment};

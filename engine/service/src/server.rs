@@ -11,8 +11,11 @@ use tokio::sync::watch;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
+use tonic::service::interceptor::InterceptedService;
+
 use crate::ServiceError;
 use crate::admin::{AdminApi, blocking, now_unix_ms};
+use crate::auth::Keys;
 use crate::decision::DecisionApi;
 use crate::definition::ExperimentDef;
 use crate::episodes::{EpisodeApi, EpisodicExperiment};
@@ -38,6 +41,12 @@ pub enum ServeError {
     /// The transport failed.
     #[error("gRPC transport: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// Without API keys the service would be open to anyone who can reach it.
+    #[error(
+        "refusing to listen on {0} without API keys: without keys anyone who can reach the port may change \
+         experiments. Listen on 127.0.0.1 or ::1, or configure keys (--keys FILE or SAFEBET_API_KEYS)"
+    )]
+    Unauthenticated(std::net::SocketAddr),
 }
 
 /// What the server runs with besides its listener.
@@ -53,6 +62,8 @@ pub struct ServeOptions {
     pub snapshot_interval: Duration,
     /// How often overdue rewards are looked for; a timeout fires at most this late.
     pub timeout_check_interval: Duration,
+    /// API keys; without any, every call is allowed and the server refuses to listen beyond loopback.
+    pub keys: Keys,
     /// Delete the log records a stored snapshot includes (retention: the log then reaches back only to the
     /// latest snapshot). Off by default: the log is the experiment's audit of record.
     pub compact_log: bool,
@@ -68,6 +79,7 @@ impl ServeOptions {
             snapshot_interval: Duration::from_secs(30),
             timeout_check_interval: Duration::from_millis(50),
             compact_log: false,
+            keys: Keys::none(),
         }
     }
 }
@@ -242,6 +254,12 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
     options: ServeOptions,
 ) -> Result<(), ServeError> {
+    if options.keys.is_empty() {
+        match listener.local_addr() {
+            Ok(address) if !address.ip().is_loopback() => return Err(ServeError::Unauthenticated(address)),
+            _ => tracing::warn!("no API keys configured: authentication is off, listening on loopback only"),
+        }
+    }
     let store = options.store.clone();
     let writer = store.is_durable().then(|| Arc::new(LogWriter::start(store.clone())));
     let registry = load(&options, writer.clone()).await?;
@@ -263,13 +281,22 @@ pub async fn run(
         .build_v1alpha()
         .map_err(|e| ServiceError::FailedPrecondition(format!("reflection: {e}")))?;
 
-    let decisions = pb::decision_service_server::DecisionServiceServer::new(DecisionApi::new(registry.clone()))
-        .max_decoding_message_size(limits.max_message_bytes);
-    let admin = pb::experiment_admin_server::ExperimentAdminServer::new(AdminApi::new(registry.clone(), store.clone()))
-        .max_decoding_message_size(limits.max_message_bytes);
-    let episodes =
+    // Every API call passes the key check first; health and reflection stay open.
+    let decisions = InterceptedService::new(
+        pb::decision_service_server::DecisionServiceServer::new(DecisionApi::new(registry.clone()))
+            .max_decoding_message_size(limits.max_message_bytes),
+        options.keys.interceptor(),
+    );
+    let admin = InterceptedService::new(
+        pb::experiment_admin_server::ExperimentAdminServer::new(AdminApi::new(registry.clone(), store.clone()))
+            .max_decoding_message_size(limits.max_message_bytes),
+        options.keys.interceptor(),
+    );
+    let episodes = InterceptedService::new(
         pb::episode_service_server::EpisodeServiceServer::new(EpisodeApi::new(registry.clone(), store.clone()))
-            .max_decoding_message_size(limits.max_message_bytes);
+            .max_decoding_message_size(limits.max_message_bytes),
+        options.keys.interceptor(),
+    );
 
     // Background work stops when `stop` flips, before the final flush.
     let (stop, stopped) = watch::channel(false);
