@@ -185,3 +185,64 @@ async fn without_keys_the_server_refuses_to_listen_beyond_loopback() {
     let message = result.unwrap_err().to_string();
     assert!(message.contains("without API keys"), "{message}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_trail_records_who_changed_what_before_and_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open(dir.path()).unwrap());
+    let server = TestServer::start_keyed(store, vec![], Limits::default(), keys()).await;
+    let mut admin = ExperimentAdminClient::new(server.channel().await);
+    let spec = shared_spec(pb::Algorithm::Clucb, 2);
+    admin
+        .create_experiment(with_key(pb::CreateExperimentRequest { id: "a".into(), spec: Some(spec) }, Some("admin-a")))
+        .await
+        .unwrap();
+    admin
+        .update_risk_budget(with_key(
+            pb::UpdateRiskBudgetRequest { id: "a".into(), alpha: Some(0.25) },
+            Some("admin-all"),
+        ))
+        .await
+        .unwrap();
+    admin.pause_experiment(with_key(pb::PauseExperimentRequest { id: "a".into() }, Some("admin-a"))).await.unwrap();
+    admin.resume_experiment(with_key(pb::ResumeExperimentRequest { id: "a".into() }, Some("admin-a"))).await.unwrap();
+    // A refused change leaves no entry.
+    let refused = admin
+        .update_risk_budget(with_key(pb::UpdateRiskBudgetRequest { id: "a".into(), alpha: Some(1.5) }, Some("admin-a")))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    admin.delete_experiment(with_key(pb::DeleteExperimentRequest { id: "a".into() }, Some("admin-all"))).await.unwrap();
+
+    let scoped_all = admin
+        .list_audit_entries(with_key(pb::ListAuditEntriesRequest { experiment_id: String::new() }, Some("admin-a")))
+        .await
+        .unwrap_err();
+    assert_eq!(scoped_all.code(), Code::PermissionDenied, "a scoped key may not read every experiment's trail");
+    let entries = admin
+        .list_audit_entries(with_key(pb::ListAuditEntriesRequest { experiment_id: "a".into() }, Some("admin-a")))
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    let trail: Vec<(&str, &str)> = entries.iter().map(|e| (e.actor.as_str(), e.action.as_str())).collect();
+    assert_eq!(
+        trail,
+        [
+            ("ops-a", "create"),
+            ("ops", "update_risk_budget"),
+            ("ops-a", "pause"),
+            ("ops-a", "resume"),
+            ("ops", "delete")
+        ]
+    );
+    let json = |text: &str| serde_json::from_str::<serde_json::Value>(text).unwrap();
+    assert!(entries[0].before.is_empty());
+    assert_eq!(json(&entries[1].before)["definition"]["policy"]["alpha"], 0.1);
+    assert_eq!(json(&entries[1].after)["definition"]["policy"]["alpha"], 0.25);
+    assert_eq!(json(&entries[2].after)["definition"]["paused"], true);
+    assert_eq!(json(&entries[3].after)["definition"]["paused"], false);
+    assert!(entries[4].after.is_empty() && !entries[4].before.is_empty());
+    assert!(entries.windows(2).all(|w| w[0].unix_ms <= w[1].unix_ms));
+    server.stop().await.unwrap();
+}

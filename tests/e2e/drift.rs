@@ -55,6 +55,14 @@ async fn a_changed_world_raises_the_alarm_falls_back_and_resume_clears_it() {
         assert!(answer.played_baseline && answer.fallback == pb::Fallback::Paused as i32, "{answer:?}");
     }
     let alarm = report(&mut admin, "drifting").await.drift_alarm.unwrap();
+    // The automatic fallback is in the audit trail, by the drift guard.
+    let trail = admin
+        .list_audit_entries(pb::ListAuditEntriesRequest { experiment_id: "drifting".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    assert!(trail.iter().any(|e| e.actor == "drift-guard" && e.action == "drift_alarm"), "{trail:?}");
 
     // The alarm is part of the state: a restarted server still holds it.
     server.stop().await.unwrap();

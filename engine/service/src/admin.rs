@@ -15,7 +15,7 @@ use crate::auth::{Role, principal};
 use crate::definition::{ExperimentDef, check_experiment_id};
 use crate::log::{LogEntry, LogRecord};
 use crate::registry::{Experiment, Registry, Report, SavedState};
-use crate::store::{Snapshot, Store, StoreError, StoredExperiment, Write};
+use crate::store::{AuditEntry, Snapshot, Store, StoreError, StoredExperiment, Write};
 use crate::writer::Commit;
 
 /// The format tag of exported experiments.
@@ -53,7 +53,51 @@ pub(crate) fn now_unix_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
+/// The part of an experiment's state the audit trail records: its definition and drift alarm, as JSON.
+fn audit_state(experiment: &Experiment) -> String {
+    let report = experiment.report();
+    serde_json::json!({ "definition": report.definition, "drift_alarm": report.stats.drift_alarm }).to_string()
+}
+
 impl AdminApi {
+    /// Writes an audit entry; a change whose entry cannot be written is reported UNAVAILABLE (it was made).
+    async fn audit(
+        &self,
+        actor: &str,
+        action: &str,
+        experiment: &str,
+        before: Option<String>,
+        after: Option<String>,
+    ) -> Result<(), ServiceError> {
+        let entry = AuditEntry {
+            unix_ms: now_unix_ms(),
+            actor: actor.to_owned(),
+            action: action.to_owned(),
+            experiment_id: experiment.to_owned(),
+            before,
+            after,
+        };
+        blocking(&self.store, move |store| store.append_audit(&entry)).await.map_err(|e| {
+            tracing::error!(error = %e, "audit entry not written");
+            ServiceError::Unavailable(format!("the change was made but its audit entry could not be written: {e}"))
+        })
+    }
+
+    /// Runs an admin change on experiment `id` and audits it with the state before and after.
+    async fn audited(
+        &self,
+        actor: &str,
+        action: &str,
+        id: &str,
+        change: impl std::future::Future<Output = Result<pb::Experiment, ServiceError>>,
+    ) -> Result<pb::Experiment, ServiceError> {
+        let before = self.registry.get(id).ok().map(|e| audit_state(&e));
+        let changed = change.await?;
+        let after = self.registry.get(id).ok().map(|e| audit_state(&e));
+        self.audit(actor, action, id, before, after).await?;
+        Ok(changed)
+    }
+
     /// The admin service over `registry`, persisting to `store`.
     pub fn new(registry: Arc<Registry>, store: Arc<dyn Store>) -> Self {
         AdminApi { registry, store, changes: tokio::sync::Mutex::new(()) }
@@ -262,7 +306,9 @@ impl pb::experiment_admin_server::ExperimentAdmin for AdminApi {
         request: Request<pb::CreateExperimentRequest>,
     ) -> Result<Response<pb::Experiment>, Status> {
         principal(&request).check(Role::Admin, &request.get_ref().id)?;
-        Ok(Response::new(self.create(request.into_inner()).await?))
+        let actor = principal(&request).id;
+        let id = request.get_ref().id.clone();
+        Ok(Response::new(self.audited(&actor, "create", &id, self.create(request.into_inner())).await?))
     }
 
     async fn get_experiment(
@@ -288,6 +334,7 @@ impl pb::experiment_admin_server::ExperimentAdmin for AdminApi {
         request: Request<pb::UpdateRiskBudgetRequest>,
     ) -> Result<Response<pb::Experiment>, Status> {
         principal(&request).check(Role::Admin, &request.get_ref().id)?;
+        let actor = principal(&request).id;
         let request = request.into_inner();
         let alpha = match request.alpha {
             None => return Err(ServiceError::InvalidArgument("alpha is required".into()).into()),
@@ -296,7 +343,9 @@ impl pb::experiment_admin_server::ExperimentAdmin for AdminApi {
             }
             Some(alpha) => alpha,
         };
-        let updated = self.change(&request.id, Experiment::set_alpha, alpha).await?;
+        let updated = self
+            .audited(&actor, "update_risk_budget", &request.id, self.change(&request.id, Experiment::set_alpha, alpha))
+            .await?;
         tracing::info!(experiment = %request.id, alpha, "risk budget updated");
         Ok(Response::new(updated))
     }
@@ -306,8 +355,9 @@ impl pb::experiment_admin_server::ExperimentAdmin for AdminApi {
         request: Request<pb::PauseExperimentRequest>,
     ) -> Result<Response<pb::Experiment>, Status> {
         principal(&request).check(Role::Admin, &request.get_ref().id)?;
+        let actor = principal(&request).id;
         let id = request.into_inner().id;
-        let updated = self.change(&id, Experiment::set_paused, true).await?;
+        let updated = self.audited(&actor, "pause", &id, self.change(&id, Experiment::set_paused, true)).await?;
         tracing::warn!(experiment = %id, "experiment paused: every decision plays the baseline");
         Ok(Response::new(updated))
     }
@@ -317,8 +367,9 @@ impl pb::experiment_admin_server::ExperimentAdmin for AdminApi {
         request: Request<pb::ResumeExperimentRequest>,
     ) -> Result<Response<pb::Experiment>, Status> {
         principal(&request).check(Role::Admin, &request.get_ref().id)?;
+        let actor = principal(&request).id;
         let id = request.into_inner().id;
-        let updated = self.change(&id, Experiment::set_paused, false).await?;
+        let updated = self.audited(&actor, "resume", &id, self.change(&id, Experiment::set_paused, false)).await?;
         tracing::info!(experiment = %id, "experiment resumed");
         Ok(Response::new(updated))
     }
@@ -328,9 +379,10 @@ impl pb::experiment_admin_server::ExperimentAdmin for AdminApi {
         request: Request<pb::DeleteExperimentRequest>,
     ) -> Result<Response<pb::DeleteExperimentResponse>, Status> {
         principal(&request).check(Role::Admin, &request.get_ref().id)?;
+        let actor = principal(&request).id;
         let id = request.into_inner().id;
         let _changes = self.changes.lock().await;
-        self.experiment(&id)?;
+        let before = audit_state(&*self.experiment(&id)?);
         let deleted = id.clone();
         blocking(&self.store, move |store| store.delete_experiment(&deleted)).await.map_err(ServiceError::from)?;
         self.registry.remove(&id)?;
@@ -340,6 +392,7 @@ impl pb::experiment_admin_server::ExperimentAdmin for AdminApi {
             let _ = writer.barrier().wait().await;
         }
         tracing::info!(experiment = %id, "experiment deleted");
+        self.audit(&actor, "delete", &id, Some(before), None).await?;
         Ok(Response::new(pb::DeleteExperimentResponse {}))
     }
 
@@ -374,6 +427,34 @@ impl pb::experiment_admin_server::ExperimentAdmin for AdminApi {
             "" => caller.check_role(Role::Admin)?,
             id => caller.check(Role::Admin, id)?,
         }
-        Ok(Response::new(self.import(request.into_inner(), &caller).await?))
+        let imported = self.import(request.into_inner(), &caller).await?;
+        let after = self.registry.get(&imported.id).ok().map(|e| audit_state(&e));
+        self.audit(&caller.id, "import", &imported.id, None, after).await?;
+        Ok(Response::new(imported))
+    }
+
+    async fn list_audit_entries(
+        &self,
+        request: Request<pb::ListAuditEntriesRequest>,
+    ) -> Result<Response<pb::ListAuditEntriesResponse>, Status> {
+        let experiment = request.get_ref().experiment_id.clone();
+        // An empty id asks for every experiment's entries: only unscoped admin keys may.
+        principal(&request).check(Role::Admin, &experiment)?;
+        let filter = (!experiment.is_empty()).then_some(experiment);
+        let entries = blocking(&self.store, move |store| store.audit_entries(filter.as_deref()))
+            .await
+            .map_err(ServiceError::from)?;
+        let entries = entries
+            .into_iter()
+            .map(|e| pb::AuditEntry {
+                unix_ms: e.unix_ms,
+                actor: e.actor,
+                action: e.action,
+                experiment_id: e.experiment_id,
+                before: e.before.unwrap_or_default(),
+                after: e.after.unwrap_or_default(),
+            })
+            .collect();
+        Ok(Response::new(pb::ListAuditEntriesResponse { entries }))
     }
 }

@@ -53,6 +53,7 @@ pub use log::{DecisionRecord, LogEntry, LogRecord, decode_features, encode_featu
 pub use registry::{Answer, DecideInput, Experiment, Registry, Report, RewardAnswer, Shape};
 pub use server::{ServeError, ServeOptions, run};
 pub use store::{
-    DATABASE_FILE, MemoryStore, Snapshot, SqliteStore, Store, StoreError, StoredEpisodic, StoredExperiment, Write,
+    AuditEntry, DATABASE_FILE, MemoryStore, Snapshot, SqliteStore, Store, StoreError, StoredEpisodic, StoredExperiment,
+    Write,
 };
 pub use writer::{Commit, CommitResult, LogWriter, WriterStats};

@@ -21,7 +21,7 @@ use crate::definition::ExperimentDef;
 use crate::episodes::EpisodicExperiment;
 use crate::limits::Limits;
 use crate::log::{DecisionRecord, LogEntry, LogRecord};
-use crate::store::{Snapshot, StoreError, StoredExperiment, Write};
+use crate::store::{AuditEntry, Snapshot, StoreError, StoredExperiment, Write};
 use crate::writer::{Commit, LogWriter};
 
 /// All experiments, by id.
@@ -724,6 +724,16 @@ impl Experiment {
         state.sequence += 1;
         state.revision += 1;
         if !alarmed_before && let Some(alarm) = state.policy.drift_alarm() {
+            if let Some(writer) = &self.writer {
+                writer.submit_detached(Write::Audit(AuditEntry {
+                    unix_ms: now_unix_ms(),
+                    actor: "drift-guard".into(),
+                    action: "drift_alarm".into(),
+                    experiment_id: self.id.clone(),
+                    before: None,
+                    after: Some(serde_json::json!({ "drift_alarm": alarm }).to_string()),
+                }));
+            }
             tracing::warn!(
                 experiment = %self.id,
                 at_reward = alarm.at_reward,

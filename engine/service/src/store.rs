@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
 
 use crate::definition::ExperimentDef;
 use crate::log::{
@@ -81,11 +82,30 @@ pub struct StoredEpisodic {
     pub log: Vec<LogRecord>,
 }
 
+/// One entry of the audit trail: who changed what, with the state before and after.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// When, milliseconds since the Unix epoch.
+    pub unix_ms: i64,
+    /// Who: the API key's id, "anonymous" without keys, or "drift-guard" for automatic fallbacks.
+    pub actor: String,
+    /// What: "create", "update_risk_budget", "pause", "resume", "delete", "import", "drift_alarm", ...
+    pub action: String,
+    /// The experiment concerned.
+    pub experiment_id: String,
+    /// JSON of the relevant state before the change (null for a creation).
+    pub before: Option<String>,
+    /// JSON of the relevant state after the change (null for a deletion).
+    pub after: Option<String>,
+}
+
 /// One write of the decision-log stream; a batch of them is committed in one transaction.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Write {
     /// Append a log record.
     Log(LogRecord),
+    /// Append an audit entry.
+    Audit(AuditEntry),
     /// Store a snapshot (replacing the previous one); with `compact`, also delete the log up to its sequence.
     Snapshot {
         /// The snapshot.
@@ -119,6 +139,14 @@ pub trait Store: Send + Sync + 'static {
         experiment: Option<&str>,
         visit: &mut dyn FnMut(LogRecord) -> Result<(), StoreError>,
     ) -> Result<(), StoreError>;
+    /// Appends an entry to the audit trail, durably.
+    fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
+        self.commit(&[Write::Audit(entry.clone())])
+    }
+    /// The audit trail, oldest first, of one experiment or of all.
+    fn audit_entries(&self, _experiment: Option<&str>) -> Result<Vec<AuditEntry>, StoreError> {
+        Ok(Vec::new())
+    }
     /// Creates an episodic experiment's record (its configuration as JSON), durably.
     fn save_episodic(&self, _id: &str, _config_json: &str) -> Result<(), StoreError> {
         Ok(())
@@ -204,6 +232,16 @@ const SCHEMA: &str = "
         PRIMARY KEY (experiment_id, sequence)
     );
     CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY);
+    -- The audit trail: every admin change, who made it, and the state before and after.
+    CREATE TABLE IF NOT EXISTS audit (
+        id INTEGER PRIMARY KEY,
+        unix_ms INTEGER NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        experiment_id TEXT NOT NULL,
+        before TEXT,
+        after TEXT
+    );
     -- Episodic (RL) experiments: their configuration. Their snapshots and logs share the tables above.
     CREATE TABLE IF NOT EXISTS episodic_experiments (
         id TEXT PRIMARY KEY NOT NULL,
@@ -335,8 +373,14 @@ impl Store for SqliteStore {
                  ON CONFLICT(experiment_id) DO UPDATE SET sequence = excluded.sequence, state = excluded.state",
             )?;
             let mut compact = tx.prepare_cached("DELETE FROM log WHERE experiment_id = ?1 AND sequence <= ?2")?;
+            let mut audit = tx.prepare_cached(
+                "INSERT INTO audit (unix_ms, actor, action, experiment_id, before, after) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
             for write in writes {
                 match write {
+                    Write::Audit(e) => {
+                        audit.execute(params![e.unix_ms, e.actor, e.action, e.experiment_id, e.before, e.after])?;
+                    }
                     Write::Log(record) => insert_record(&mut insert_log, record)?,
                     Write::Snapshot { snapshot, compact: drop_log } => {
                         let sequence = to_sql_sequence(snapshot.sequence);
@@ -366,6 +410,27 @@ impl Store for SqliteStore {
             visit(record_from_row(row)?)?;
         }
         Ok(())
+    }
+
+    fn audit_entries(&self, experiment: Option<&str>) -> Result<Vec<AuditEntry>, StoreError> {
+        let connection = self.connection();
+        let mut select = connection.prepare(
+            "SELECT unix_ms, actor, action, experiment_id, before, after FROM audit
+             WHERE (?1 IS NULL OR experiment_id = ?1) ORDER BY id",
+        )?;
+        let entries = select
+            .query_map(params![experiment], |row| {
+                Ok(AuditEntry {
+                    unix_ms: row.get(0)?,
+                    actor: row.get(1)?,
+                    action: row.get(2)?,
+                    experiment_id: row.get(3)?,
+                    before: row.get(4)?,
+                    after: row.get(5)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(entries)
     }
 
     fn save_episodic(&self, id: &str, config_json: &str) -> Result<(), StoreError> {
