@@ -7,6 +7,7 @@ mod concurrency;
 mod drift;
 mod durability;
 mod episodes;
+mod fuzz;
 mod health_reflection;
 mod idempotency;
 mod lifecycle;
