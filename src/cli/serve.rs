@@ -38,6 +38,10 @@ pub struct ServeArgs {
     /// off and the service listens on loopback only. `safebet keys new` makes a key.
     #[arg(long, value_name = "FILE")]
     keys: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (decisions, rewards, latency histograms, baseline
+    /// share, budget margin, pending rewards, drift, store commit latency, errors by status code).
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
     /// Retention: delete the decision log up to each stored snapshot (the log then reaches back only to the
     /// latest snapshot; `safebet log` exports only what is kept).
     #[arg(long)]
@@ -79,6 +83,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     options.declared = declared;
     options.compact_log = args.compact_log;
+    options.metrics_listen = args.metrics_listen;
     options.snapshot_interval = Duration::from_secs(args.snapshot_interval_secs.max(1));
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;

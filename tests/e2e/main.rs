@@ -11,5 +11,6 @@ mod fuzz;
 mod health_reflection;
 mod idempotency;
 mod lifecycle;
+mod metrics;
 mod persistence;
 mod support;

@@ -15,6 +15,7 @@ use crate::definition::{check_action_ids, check_experiment_id};
 use crate::error::item_error;
 use crate::limits::{Limits, MAX_EVENT_ID_LEN};
 use crate::registry::{Answer, DecideInput, Experiment, Registry};
+use crate::telemetry;
 use crate::writer::Commit;
 
 /// Serves `safebet.v1.DecisionService` from the registry.
@@ -96,67 +97,91 @@ async fn durable<T>(result: Result<(T, Commit), ServiceError>) -> Result<T, Serv
 #[tonic::async_trait]
 impl pb::decision_service_server::DecisionService for DecisionApi {
     async fn decide(&self, request: Request<pb::DecideRequest>) -> Result<Response<pb::DecideResponse>, Status> {
-        principal(&request).check(Role::Decide, &request.get_ref().experiment_id)?;
-        let request = request.into_inner();
-        let decided = self.decide_one(&request, &mut None, Instant::now());
-        Ok(Response::new(durable(decided).await?))
+        let timer = telemetry::CallTimer::start("Decide");
+        let result: Result<Response<pb::DecideResponse>, Status> = async move {
+            principal(&request).check(Role::Decide, &request.get_ref().experiment_id)?;
+            let request = request.into_inner();
+            let decided = self.decide_one(&request, &mut None, Instant::now());
+            Ok(Response::new(durable(decided).await?))
+        }
+        .await;
+        timer.finish(&result);
+        result
     }
 
     async fn decide_batch(
         &self,
         request: Request<pb::DecideBatchRequest>,
     ) -> Result<Response<pb::DecideBatchResponse>, Status> {
-        let caller = principal(&request);
-        let request = request.into_inner();
-        for item in &request.requests {
-            caller.check(Role::Decide, &item.experiment_id)?;
+        let timer = telemetry::CallTimer::start("DecideBatch");
+        let result: Result<Response<pb::DecideBatchResponse>, Status> = async move {
+            let caller = principal(&request);
+            let request = request.into_inner();
+            for item in &request.requests {
+                caller.check(Role::Decide, &item.experiment_id)?;
+            }
+            self.check_batch("decisions", request.requests.len())?;
+            let now = Instant::now();
+            let mut cached = None;
+            // Decide every item first, then wait for their commits: they share one group commit.
+            let decided: Vec<_> = request.requests.iter().map(|item| self.decide_one(item, &mut cached, now)).collect();
+            let mut results = Vec::with_capacity(decided.len());
+            for outcome in decided {
+                results.push(pb::DecideResult {
+                    outcome: Some(match durable(outcome).await {
+                        Ok(decision) => pb::decide_result::Outcome::Decision(decision),
+                        Err(error) => pb::decide_result::Outcome::Error(item_error(error)),
+                    }),
+                });
+            }
+            Ok(Response::new(pb::DecideBatchResponse { results }))
         }
-        self.check_batch("decisions", request.requests.len())?;
-        let now = Instant::now();
-        let mut cached = None;
-        // Decide every item first, then wait for their commits: they share one group commit.
-        let decided: Vec<_> = request.requests.iter().map(|item| self.decide_one(item, &mut cached, now)).collect();
-        let mut results = Vec::with_capacity(decided.len());
-        for outcome in decided {
-            results.push(pb::DecideResult {
-                outcome: Some(match durable(outcome).await {
-                    Ok(decision) => pb::decide_result::Outcome::Decision(decision),
-                    Err(error) => pb::decide_result::Outcome::Error(item_error(error)),
-                }),
-            });
-        }
-        Ok(Response::new(pb::DecideBatchResponse { results }))
+        .await;
+        timer.finish(&result);
+        result
     }
 
     async fn reward(&self, request: Request<pb::RewardRequest>) -> Result<Response<pb::RewardResponse>, Status> {
-        principal(&request).check(Role::Decide, &request.get_ref().experiment_id)?;
-        let request = request.into_inner();
-        let applied = self.reward_one(&request, &mut None);
-        Ok(Response::new(durable(applied).await?))
+        let timer = telemetry::CallTimer::start("Reward");
+        let result: Result<Response<pb::RewardResponse>, Status> = async move {
+            principal(&request).check(Role::Decide, &request.get_ref().experiment_id)?;
+            let request = request.into_inner();
+            let applied = self.reward_one(&request, &mut None);
+            Ok(Response::new(durable(applied).await?))
+        }
+        .await;
+        timer.finish(&result);
+        result
     }
 
     async fn reward_batch(
         &self,
         request: Request<pb::RewardBatchRequest>,
     ) -> Result<Response<pb::RewardBatchResponse>, Status> {
-        let caller = principal(&request);
-        let request = request.into_inner();
-        for item in &request.rewards {
-            caller.check(Role::Decide, &item.experiment_id)?;
+        let timer = telemetry::CallTimer::start("RewardBatch");
+        let result: Result<Response<pb::RewardBatchResponse>, Status> = async move {
+            let caller = principal(&request);
+            let request = request.into_inner();
+            for item in &request.rewards {
+                caller.check(Role::Decide, &item.experiment_id)?;
+            }
+            self.check_batch("rewards", request.rewards.len())?;
+            let mut cached = None;
+            let applied: Vec<_> = request.rewards.iter().map(|item| self.reward_one(item, &mut cached)).collect();
+            let mut results = Vec::with_capacity(applied.len());
+            for outcome in applied {
+                results.push(pb::RewardResult {
+                    outcome: Some(match durable(outcome).await {
+                        Ok(applied) => pb::reward_result::Outcome::Applied(applied),
+                        Err(error) => pb::reward_result::Outcome::Error(item_error(error)),
+                    }),
+                });
+            }
+            Ok(Response::new(pb::RewardBatchResponse { results }))
         }
-        self.check_batch("rewards", request.rewards.len())?;
-        let mut cached = None;
-        let applied: Vec<_> = request.rewards.iter().map(|item| self.reward_one(item, &mut cached)).collect();
-        let mut results = Vec::with_capacity(applied.len());
-        for outcome in applied {
-            results.push(pb::RewardResult {
-                outcome: Some(match durable(outcome).await {
-                    Ok(applied) => pb::reward_result::Outcome::Applied(applied),
-                    Err(error) => pb::reward_result::Outcome::Error(item_error(error)),
-                }),
-            });
-        }
-        Ok(Response::new(pb::RewardBatchResponse { results }))
+        .await;
+        timer.finish(&result);
+        result
     }
 }
 

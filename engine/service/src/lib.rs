@@ -40,6 +40,7 @@ mod log;
 mod registry;
 mod server;
 mod store;
+mod telemetry;
 mod writer;
 
 pub use admin::AdminApi;

@@ -332,6 +332,30 @@ pub struct Experiment {
     writer: Option<Arc<LogWriter>>,
     /// How many client event ids are remembered (the limits'), also when replaying.
     idempotency_window: usize,
+    /// Metrics handles, labelled with the experiment once (no allocation per call).
+    counters: Counters,
+}
+
+#[derive(Debug)]
+struct Counters {
+    decisions: metrics::Counter,
+    learner_plays: metrics::Counter,
+    budget_fallbacks: metrics::Counter,
+    forced_plays: metrics::Counter,
+    rewards: metrics::Counter,
+}
+
+impl Counters {
+    fn new(id: &str) -> Counters {
+        let fallback = |reason: &'static str| metrics::counter!("safebet_decisions_by_outcome_total", "experiment" => id.to_owned(), "outcome" => reason);
+        Counters {
+            decisions: metrics::counter!("safebet_decisions_total", "experiment" => id.to_owned()),
+            learner_plays: fallback("learner"),
+            budget_fallbacks: fallback("budget_fallback"),
+            forced_plays: fallback("forced_baseline"),
+            rewards: metrics::counter!("safebet_rewards_total", "experiment" => id.to_owned()),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -504,6 +528,7 @@ impl Experiment {
             idempotency.order.push_back(client_event_id.clone());
             idempotency.answers.insert(client_event_id, answer);
         }
+        let definition_id = definition.id.clone();
         let shape = Shape {
             layout: definition.policy.layout,
             action_index: definition.action_ids.iter().enumerate().map(|(i, id)| (id.clone(), i)).collect(),
@@ -525,6 +550,7 @@ impl Experiment {
                 idempotency,
                 deadlines,
             }),
+            counters: Counters::new(&definition_id),
             writer,
             idempotency_window: limits.idempotency_window,
         }
@@ -634,6 +660,13 @@ impl Experiment {
             model_version: state.policy.stats().model_version,
             sequence: state.sequence,
         };
+        self.counters.decisions.increment(1);
+        match decision.fallback {
+            Fallback::Budget => self.counters.budget_fallbacks.increment(1),
+            Fallback::Forced => self.counters.forced_plays.increment(1),
+            Fallback::None if !decision.played_baseline() => self.counters.learner_plays.increment(1),
+            Fallback::None => {}
+        }
         let unix_ms = now_unix_ms();
         if let Some(timeout) = self.shape.reward_timeout {
             state.deadlines.push_back((now + timeout, unix_ms.saturating_add(timeout.as_millis() as i64), decision.id));
@@ -723,6 +756,7 @@ impl Experiment {
         })?;
         state.sequence += 1;
         state.revision += 1;
+        self.counters.rewards.increment(1);
         if !alarmed_before && let Some(alarm) = state.policy.drift_alarm() {
             if let Some(writer) = &self.writer {
                 writer.submit_detached(Write::Audit(AuditEntry {

@@ -22,6 +22,7 @@ use crate::episodes::{EpisodeApi, EpisodicExperiment};
 use crate::limits::Limits;
 use crate::registry::Registry;
 use crate::store::{Store, StoreError, Write};
+use crate::telemetry;
 use crate::writer::LogWriter;
 
 /// HTTP/2 flow-control windows, bytes: large enough that a full batch needs no window update.
@@ -41,6 +42,9 @@ pub enum ServeError {
     /// The transport failed.
     #[error("gRPC transport: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The metrics port could not be bound.
+    #[error("binding the metrics port {0}: {1}")]
+    Metrics(std::net::SocketAddr, std::io::Error),
     /// Without API keys the service would be open to anyone who can reach it.
     #[error(
         "refusing to listen on {0} without API keys: without keys anyone who can reach the port may change \
@@ -62,6 +66,8 @@ pub struct ServeOptions {
     pub snapshot_interval: Duration,
     /// How often overdue rewards are looked for; a timeout fires at most this late.
     pub timeout_check_interval: Duration,
+    /// Where to serve Prometheus metrics (`/metrics`), if anywhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// API keys; without any, every call is allowed and the server refuses to listen beyond loopback.
     pub keys: Keys,
     /// Delete the log records a stored snapshot includes (retention: the log then reaches back only to the
@@ -80,6 +86,7 @@ impl ServeOptions {
             timeout_check_interval: Duration::from_millis(50),
             compact_log: false,
             keys: Keys::none(),
+            metrics_listen: None,
         }
     }
 }
@@ -260,6 +267,11 @@ pub async fn run(
             _ => tracing::warn!("no API keys configured: authentication is off, listening on loopback only"),
         }
     }
+    // The recorder must exist before experiments are built: they label their counters once.
+    let metrics_listener = match options.metrics_listen {
+        Some(address) => Some(telemetry::bind(address).await.map_err(|e| ServeError::Metrics(address, e))?),
+        None => None,
+    };
     let store = options.store.clone();
     let writer = store.is_durable().then(|| Arc::new(LogWriter::start(store.clone())));
     let registry = load(&options, writer.clone()).await?;
@@ -335,6 +347,24 @@ pub async fn run(
         })
     };
 
+    let metrics = metrics_listener.map(|listener| {
+        if let Ok(address) = listener.local_addr() {
+            tracing::info!(%address, "Prometheus metrics at /metrics");
+        }
+        let registry = registry.clone();
+        let mut stopped = stopped.clone();
+        tokio::spawn(async move {
+            let server = tokio::spawn(telemetry::serve(listener));
+            let mut ticks = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = ticks.tick() => telemetry::refresh(&registry),
+                    _ = stopped.changed() => break,
+                }
+            }
+            server.abort();
+        })
+    });
     let recoverer = {
         let registry = registry.clone();
         let store = store.clone();
@@ -379,6 +409,9 @@ pub async fn run(
     let _ = sweeper.await;
     let _ = snapshotter.await;
     let _ = recoverer.await;
+    if let Some(metrics) = metrics {
+        let _ = metrics.await;
+    }
     let flushed = flush(&registry, &store, compact).await;
     match &flushed {
         Ok(n) => tracing::info!(experiments = n, "state flushed"),

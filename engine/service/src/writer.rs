@@ -198,6 +198,8 @@ fn run(store: &dyn Store, receiver: &Receiver<Job>, shared: &Shared) {
                 let started = Instant::now();
                 let outcome = store.commit(&writes);
                 let elapsed = started.elapsed();
+                metrics::histogram!("safebet_store_commit_seconds").record(elapsed);
+                metrics::histogram!("safebet_store_commit_writes").record(writes.len() as f64);
                 let result = match outcome {
                     Ok(()) => {
                         let mut stats = shared.stats.lock().unwrap_or_else(|p| p.into_inner());

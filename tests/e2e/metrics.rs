@@ -1,0 +1,74 @@
+//! The Prometheus endpoint, scraped: decision and reward counters, latency histograms, per-experiment
+//! gauges and store commit latency are there after some traffic.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use safebet_proto as pb;
+use safebet_service::{ServeOptions, SqliteStore};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::*;
+
+async fn scrape(address: std::net::SocketAddr) -> String {
+    let mut socket = tokio::net::TcpStream::connect(address).await.unwrap();
+    socket.write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut response = String::new();
+    socket.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+    response
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_endpoint_reports_traffic_latency_and_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics_address = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap()
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let mut options = ServeOptions::new(Arc::new(SqliteStore::open(dir.path()).unwrap()));
+    options.metrics_listen = Some(metrics_address);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(safebet_service::run(
+        listener,
+        async move {
+            let _ = stopped.await;
+        },
+        options,
+    ));
+    let channel = loop {
+        match tonic::transport::Channel::from_shared(format!("http://{address}")).unwrap().connect().await {
+            Ok(channel) => break channel,
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
+    let mut admin = pb::experiment_admin_client::ExperimentAdminClient::new(channel.clone());
+    let mut d = pb::decision_service_client::DecisionServiceClient::new(channel);
+    create(&mut admin, "scraped", shared_spec(pb::Algorithm::Clucb, 2)).await;
+    for _ in 0..30 {
+        let answer = d.decide(per_action("scraped", vec![0.3, 0.1, 0.2, 0.4], 2, 0)).await.unwrap().into_inner();
+        d.reward(reward("scraped", &answer.event_id, 0.5)).await.unwrap();
+    }
+    let refused = d.decide(per_action("scraped", vec![f64::NAN; 4], 2, 0)).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    tokio::time::sleep(Duration::from_millis(1200)).await; // one gauge refresh
+    let text = scrape(metrics_address).await;
+    for expected in [
+        "safebet_decisions_total{experiment=\"scraped\"} 30",
+        "safebet_rewards_total{experiment=\"scraped\"} 30",
+        "safebet_rpc_duration_seconds_bucket{rpc=\"Decide\"",
+        "safebet_rpc_errors_total{rpc=\"Decide\",code=\"InvalidArgument\"} 1",
+        "safebet_pending_rewards{experiment=\"scraped\"} 0",
+        "safebet_baseline_share{experiment=\"scraped\"}",
+        "safebet_budget_margin{experiment=\"scraped\"}",
+        "safebet_drift_alarm{experiment=\"scraped\"} 0",
+        "safebet_store_commit_seconds_bucket",
+        "safebet_decisions_by_outcome_total{experiment=\"scraped\",outcome=",
+    ] {
+        assert!(text.contains(expected), "missing {expected} in\n{text}");
+    }
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+}
