@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use safebet_service::{ExperimentsFile, Keys, MemoryStore, ServeOptions, SqliteStore, Store};
+use safebet_service::{ExperimentsFile, Keys, MemoryStore, ServeOptions, SqliteStore, Store, TlsFiles};
 
 /// Where the service keeps its state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -38,6 +38,12 @@ pub struct ServeArgs {
     /// off and the service listens on loopback only. `safebet keys new` makes a key.
     #[arg(long, value_name = "FILE")]
     keys: Option<PathBuf>,
+    /// TLS certificate chain (PEM); with --tls-key, the service speaks TLS only.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Serve Prometheus metrics at http://ADDR/metrics (decisions, rewards, latency histograms, baseline
     /// share, budget margin, pending rewards, drift, store commit latency, errors by status code).
     #[arg(long, value_name = "ADDR")]
@@ -84,6 +90,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     options.declared = declared;
     options.compact_log = args.compact_log;
     options.metrics_listen = args.metrics_listen;
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        options.tls =
+            Some(TlsFiles::read(cert, key).with_context(|| {
+                format!("reading the TLS certificate {} and key {}", cert.display(), key.display())
+            })?);
+    }
     options.snapshot_interval = Duration::from_secs(args.snapshot_interval_secs.max(1));
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;

@@ -14,3 +14,4 @@ mod lifecycle;
 mod metrics;
 mod persistence;
 mod support;
+mod tls;

@@ -52,7 +52,7 @@ pub use error::ServiceError;
 pub use limits::{Limits, MAX_EVENT_ID_LEN, MAX_EXPERIMENT_ID_LEN};
 pub use log::{DecisionRecord, LogEntry, LogRecord, decode_features, encode_features};
 pub use registry::{Answer, DecideInput, Experiment, Registry, Report, RewardAnswer, Shape};
-pub use server::{ServeError, ServeOptions, run};
+pub use server::{ServeError, ServeOptions, TlsFiles, run};
 pub use store::{
     AuditEntry, DATABASE_FILE, MemoryStore, Snapshot, SqliteStore, Store, StoreError, StoredEpisodic, StoredExperiment,
     Write,

@@ -53,6 +53,22 @@ pub enum ServeError {
     Unauthenticated(std::net::SocketAddr),
 }
 
+/// A TLS identity, PEM-encoded.
+#[derive(Clone)]
+pub struct TlsFiles {
+    /// The certificate chain.
+    pub certificate: Vec<u8>,
+    /// The private key.
+    pub key: Vec<u8>,
+}
+
+impl TlsFiles {
+    /// Reads the certificate chain and key from PEM files.
+    pub fn read(certificate: &std::path::Path, key: &std::path::Path) -> std::io::Result<TlsFiles> {
+        Ok(TlsFiles { certificate: std::fs::read(certificate)?, key: std::fs::read(key)? })
+    }
+}
+
 /// What the server runs with besides its listener.
 pub struct ServeOptions {
     /// Where definitions and snapshots are kept.
@@ -66,6 +82,9 @@ pub struct ServeOptions {
     pub snapshot_interval: Duration,
     /// How often overdue rewards are looked for; a timeout fires at most this late.
     pub timeout_check_interval: Duration,
+    /// TLS: the server's certificate chain and private key, PEM. None: plaintext (loopback or a trusted
+    /// network only).
+    pub tls: Option<TlsFiles>,
     /// Where to serve Prometheus metrics (`/metrics`), if anywhere.
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// API keys; without any, every call is allowed and the server refuses to listen beyond loopback.
@@ -87,6 +106,7 @@ impl ServeOptions {
             compact_log: false,
             keys: Keys::none(),
             metrics_listen: None,
+            tls: None,
         }
     }
 }
@@ -386,7 +406,13 @@ pub async fn run(
         Err(e) => tracing::warn!(error = %e, experiments = registry.len(), "safebet serving on an unknown address"),
     }
     let shutdown_health = health.clone();
-    let served = Server::builder()
+    let mut builder = Server::builder();
+    if let Some(tls) = &options.tls {
+        let identity = tonic::transport::Identity::from_pem(&tls.certificate, &tls.key);
+        builder = builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?;
+        tracing::info!("TLS on");
+    }
+    let served = builder
         // HTTP/2's default 64 KiB windows make a 400 KiB DecideBatch wait for several window updates.
         .initial_stream_window_size(Some(STREAM_WINDOW))
         .initial_connection_window_size(Some(CONNECTION_WINDOW))
