@@ -52,6 +52,9 @@ pub struct RunRecord {
     pub margin: Vec<f64>,
     /// Share of the rounds since the previous curve round (inclusive of this one) that played the baseline.
     pub baseline_share: Vec<f64>,
+    /// The round at which the policy's drift guard raised its alarm, if it has a guard and did.
+    #[serde(default)]
+    pub drift_alarm: Option<u64>,
 }
 
 /// One unit of parallel work: one run of one policy configuration, measured at one or more alphas.
@@ -104,6 +107,7 @@ struct Meter<'a> {
     window_baseline: u64,
     next_point: usize,
     unreported: u64,
+    drift_alarm: Option<u64>,
 }
 
 impl<'a> Meter<'a> {
@@ -138,6 +142,7 @@ impl<'a> Meter<'a> {
             window_baseline: 0,
             next_point: 0,
             unreported: 0,
+            drift_alarm: None,
         }
     }
 
@@ -189,7 +194,7 @@ impl<'a> Meter<'a> {
 
     fn finish(self, job: &Job, progress: &(dyn Fn(u64) + Sync)) -> Vec<RunRecord> {
         progress(self.unreported);
-        let Meter { regret, reward, baseline_reward, baseline_plays, fallback_plays, .. } = self;
+        let Meter { regret, reward, baseline_reward, baseline_plays, fallback_plays, drift_alarm, .. } = self;
         let (regret_curve, share_curve) = (self.regret_curve, self.share_curve);
         self.tracks
             .into_iter()
@@ -208,6 +213,7 @@ impl<'a> Meter<'a> {
                 regret: regret_curve.clone(),
                 margin: track.margin,
                 baseline_share: share_curve.clone(),
+                drift_alarm,
             })
             .collect()
     }
@@ -246,6 +252,7 @@ fn run_bandit(
     let mut feedback =
         ctx.feedback.map(|spec| FeedbackQueue::new(spec, stream_rng(ctx.scenario_seed, job.run, Stream::Feedback)));
     let known_baseline = config.baseline_reward == BaselineReward::Known;
+    let guarded = config.drift_guard.is_some();
     let mut meter = Meter::new(job, ctx.grid);
     let mut deliveries = Vec::new();
 
@@ -283,6 +290,9 @@ fn run_bandit(
         }
         let fallback = decision.fallback == Fallback::Budget;
         meter.record(t, best, mu_action, mu_baseline, played_baseline, fallback, progress);
+        if guarded && meter.drift_alarm.is_none() && policy.drift_alarm().is_some() {
+            meter.drift_alarm = Some(t);
+        }
     }
     Ok(meter.finish(job, progress))
 }

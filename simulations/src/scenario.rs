@@ -94,6 +94,11 @@ pub enum LearnerConfig {
 }
 
 impl LearnerConfig {
+    /// Whether the learner runs a drift guard.
+    pub fn drift_guarded(&self) -> bool {
+        matches!(self, LearnerConfig::Bandit(c) if c.drift_guard.is_some())
+    }
+
     /// The engine's algorithm identifier.
     pub fn algorithm_name(&self) -> &'static str {
         match self {
@@ -380,6 +385,14 @@ struct ScenarioToml {
 }
 
 impl Scenario {
+    /// The round at which theta* starts to change, on a non-stationary environment.
+    pub fn change_round(&self) -> Option<u64> {
+        match &self.environment {
+            EnvironmentSpec::Linear(s) => s.change.and(s.change_at),
+            _ => None,
+        }
+    }
+
     /// Reads and validates a scenario file; relative data paths resolve against its directory.
     pub fn from_file(path: &Path) -> Result<Scenario, SimError> {
         let text = std::fs::read_to_string(path).map_err(SimError::io(path))?;

@@ -132,5 +132,26 @@ fn print_table(summary: &Summary) {
             r.baseline_fraction
         );
     }
+    let guarded: Vec<_> = summary.results.iter().filter_map(|r| r.drift.map(|d| (r, d))).collect();
+    if !guarded.is_empty() {
+        println!();
+        println!(
+            "{:width$}  {:>6}  {:>8}  {:>12}  {:>12}  {:>11}  {:>16}",
+            "drift guard", "alpha", "alarms", "false alarms", "delay median", "delay p90", "violations after"
+        );
+        let show = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.0}"));
+        for (r, d) in guarded {
+            println!(
+                "{:width$}  {:>6}  {:>8}  {:>12}  {:>12}  {:>11}  {:>16}",
+                r.label,
+                r.alpha,
+                format!("{}/{}", d.alarm_runs, r.runs),
+                format!("{}/{}", d.false_alarm_runs, r.runs),
+                show(d.detection_delay_median),
+                show(d.detection_delay_p90),
+                format!("{}/{}", d.violations_after_change, r.runs)
+            );
+        }
+    }
     println!("{} runs of {} rounds each, {:.1} s", summary.seeds, summary.horizon, summary.wall_seconds);
 }

@@ -3,6 +3,7 @@
 
 mod bad_scenarios;
 mod determinism;
+mod drift;
 mod measurement;
 mod shipped;
 
