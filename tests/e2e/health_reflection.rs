@@ -56,3 +56,24 @@ async fn health_and_reflection_answer() {
     let _ = pb::FILE_DESCRIPTOR_SET;
     server.stop().await.unwrap();
 }
+
+/// Every call carries a request id through the logs and back: the caller's, or one the server makes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_ids_are_echoed_or_made() {
+    let server = crate::support::TestServer::start().await;
+    let mut admin = server.admin().await;
+    let mut request = tonic::Request::new(safebet_proto::ListExperimentsRequest {});
+    request.metadata_mut().insert("x-request-id", "checkout-42".parse().unwrap());
+    let response = admin.list_experiments(request).await.unwrap();
+    assert_eq!(response.metadata().get("x-request-id").unwrap(), "checkout-42");
+    let made = admin.list_experiments(safebet_proto::ListExperimentsRequest {}).await.unwrap();
+    let id = made.metadata().get("x-request-id").expect("a server-made id").to_str().unwrap().to_owned();
+    assert!(!id.is_empty() && id != "checkout-42", "{id}");
+    // Errors carry it too.
+    let mut bad = tonic::Request::new(safebet_proto::GetReportRequest { id: "missing".into() });
+    bad.metadata_mut().insert("x-request-id", "oops-1".parse().unwrap());
+    let status = admin.get_report(bad).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::NotFound);
+    assert_eq!(status.metadata().get("x-request-id").unwrap(), "oops-1");
+    server.stop().await.unwrap();
+}

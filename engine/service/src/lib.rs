@@ -38,6 +38,7 @@ mod error;
 mod limits;
 mod log;
 mod registry;
+mod request_id;
 mod server;
 mod store;
 mod telemetry;
@@ -52,6 +53,7 @@ pub use error::ServiceError;
 pub use limits::{Limits, MAX_EVENT_ID_LEN, MAX_EXPERIMENT_ID_LEN};
 pub use log::{DecisionRecord, LogEntry, LogRecord, decode_features, encode_features};
 pub use registry::{Answer, DecideInput, Experiment, Registry, Report, RewardAnswer, Shape};
+pub use request_id::RequestIdLayer;
 pub use server::{ServeError, ServeOptions, TlsFiles, run};
 pub use store::{
     AuditEntry, DATABASE_FILE, MemoryStore, Snapshot, SqliteStore, Store, StoreError, StoredEpisodic, StoredExperiment,

@@ -413,6 +413,7 @@ pub async fn run(
         tracing::info!("TLS on");
     }
     let served = builder
+        .layer(crate::request_id::RequestIdLayer)
         // HTTP/2's default 64 KiB windows make a 400 KiB DecideBatch wait for several window updates.
         .initial_stream_window_size(Some(STREAM_WINDOW))
         .initial_connection_window_size(Some(CONNECTION_WINDOW))
