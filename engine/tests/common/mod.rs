@@ -1,5 +1,8 @@
 //! The synthetic linear problem shared by the statistical and drift tests.
 
+// Each test binary that includes this module uses only part of it.
+#![allow(dead_code)]
+
 use rand::{RngExt, SeedableRng};
 use rand_distr::{Distribution, StandardNormal};
 use rand_xoshiro::Xoshiro256PlusPlus;
