@@ -100,7 +100,15 @@ async fn drive(address: String, experiment: &'static str, worker: u64, round: u6
                 Ok(_) => {
                     acked.lock().unwrap().rewards.insert(event);
                 }
-                Err(status) if status.code() == Code::Unavailable || status.code() == Code::Unknown => return,
+                // The server was killed mid-call: the connection is gone, however the client words it.
+                Err(status)
+                    if matches!(
+                        status.code(),
+                        Code::Unavailable | Code::Unknown | Code::Cancelled | Code::Internal
+                    ) =>
+                {
+                    return;
+                }
                 Err(status) => panic!("reward {event}: {status:?}"),
             }
         }
