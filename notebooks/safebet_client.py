@@ -59,10 +59,11 @@ __all__ = ["admin_pb2", "decision_pb2", "experiment_pb2", "binary", "Client", "S
 
 
 def binary() -> Path:
-    """The safebet binary: $SAFEBET_BIN, or target/release/safebet, built with cargo if it is missing."""
+    """The safebet binary: $SAFEBET_BIN, or release/safebet in $CARGO_TARGET_DIR (default target/), built
+    with cargo if it is missing."""
     if "SAFEBET_BIN" in os.environ:
         return Path(os.environ["SAFEBET_BIN"])
-    path = ROOT / "target" / "release" / "safebet"
+    path = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "release" / "safebet"
     if not path.exists():
         subprocess.run(["cargo", "build", "--release", "--bin", "safebet"], cwd=ROOT, check=True)
     return path
