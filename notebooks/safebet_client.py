@@ -75,13 +75,37 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-class Client:
-    """Stubs for both services on one channel."""
+class _BearerKey(grpc.UnaryUnaryClientInterceptor):
+    """Adds `authorization: Bearer <key>` to every call (servers started with --keys require it)."""
 
-    def __init__(self, address: str):
+    def __init__(self, key: str):
+        self.key = key
+
+    def intercept_unary_unary(self, continuation, details, request):
+        metadata = list(details.metadata or []) + [("authorization", f"Bearer {self.key}")]
+        return continuation(_Details(details, metadata), request)
+
+
+class _Details(grpc.ClientCallDetails):
+    """The call's details with extra metadata (grpc's own details object is read-only)."""
+
+    def __init__(self, base, metadata):
+        self.method, self.timeout, self.metadata = base.method, base.timeout, metadata
+        self.credentials = base.credentials
+        self.wait_for_ready = getattr(base, "wait_for_ready", None)
+        self.compression = getattr(base, "compression", None)
+
+
+class Client:
+    """Stubs for the decision and admin services on one channel. `api_key` (default: $SAFEBET_API_KEY) is
+    sent with every call when given."""
+
+    def __init__(self, address: str, api_key: str | None = None):
         self.channel = grpc.insecure_channel(address)
-        self.decisions = decision_pb2_grpc.DecisionServiceStub(self.channel)
-        self.admin = admin_pb2_grpc.ExperimentAdminStub(self.channel)
+        key = api_key or os.environ.get("SAFEBET_API_KEY")
+        channel = grpc.intercept_channel(self.channel, _BearerKey(key)) if key else self.channel
+        self.decisions = decision_pb2_grpc.DecisionServiceStub(channel)
+        self.admin = admin_pb2_grpc.ExperimentAdminStub(channel)
 
     def close(self) -> None:
         self.channel.close()
