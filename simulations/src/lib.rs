@@ -68,4 +68,6 @@ pub use scenario::{
 };
 pub use seeds::policy_seed;
 pub use simulate::{RunOptions, RunSet, Shard, simulate, total_rounds};
-pub use summary::{CURVE_METRICS, CurveRow, DriftStats, MarginStats, PolicyResult, Spread, Summary, curve_rounds};
+pub use summary::{
+    CURVE_METRICS, CurveRow, DriftStats, GuardStats, MarginStats, PolicyResult, Spread, Summary, curve_rounds,
+};

@@ -38,6 +38,10 @@ pub struct RunRecord {
     pub min_margin: f64,
     /// The first such round with a negative margin, if any.
     pub first_violation: Option<u64>,
+    /// The first such round at or after the environment's change with a negative margin, if the environment
+    /// changes and the margin went negative after it (a run can violate before and after the change).
+    #[serde(default)]
+    pub first_violation_after_change: Option<u64>,
     /// Rounds whose action was the baseline's.
     pub baseline_plays: u64,
     /// Rounds where the safety rule replaced the learner's choice by the baseline.
@@ -79,6 +83,8 @@ pub(crate) struct RunContext<'a> {
     pub horizon: u64,
     /// Rounds at which curves are recorded, increasing, ending at `horizon`.
     pub grid: &'a [u64],
+    /// The round at which a non-stationary environment starts to change.
+    pub change_at: Option<u64>,
 }
 
 /// The margin of one alpha over a run.
@@ -87,6 +93,7 @@ struct AlphaTrack {
     keep: f64,
     min_margin: f64,
     first_violation: Option<u64>,
+    first_violation_after_change: Option<u64>,
     margin: Vec<f64>,
 }
 
@@ -95,6 +102,8 @@ struct Meter<'a> {
     grid: &'a [u64],
     /// The constraint applies at rounds divisible by this (1 = every round).
     checkpoint: u64,
+    /// Violations from this round on are also counted apart (never, on a stationary environment).
+    change_at: u64,
     tracks: Vec<AlphaTrack>,
     regret_curve: Vec<f64>,
     share_curve: Vec<f64>,
@@ -111,7 +120,8 @@ struct Meter<'a> {
 }
 
 impl<'a> Meter<'a> {
-    fn new(job: &Job, grid: &'a [u64]) -> Meter<'a> {
+    fn new(job: &Job, ctx: &RunContext<'a>) -> Meter<'a> {
+        let grid = ctx.grid;
         let checkpoint = match job.config.constraint() {
             Constraint::PerStep => 1,
             Constraint::Checkpoint { every } => every,
@@ -124,12 +134,14 @@ impl<'a> Meter<'a> {
                 keep: 1.0 - alpha,
                 min_margin: f64::INFINITY,
                 first_violation: None,
+                first_violation_after_change: None,
                 margin: Vec::with_capacity(grid.len()),
             })
             .collect();
         Meter {
             grid,
             checkpoint,
+            change_at: ctx.change_at.unwrap_or(u64::MAX),
             tracks,
             regret_curve: Vec::with_capacity(grid.len()),
             share_curve: Vec::with_capacity(grid.len()),
@@ -170,8 +182,11 @@ impl<'a> Meter<'a> {
             let margin = self.reward - track.keep * self.baseline_reward;
             if constrained {
                 track.min_margin = track.min_margin.min(margin);
-                if margin < 0.0 && track.first_violation.is_none() {
-                    track.first_violation = Some(t);
+                if margin < 0.0 {
+                    track.first_violation.get_or_insert(t);
+                    if t >= self.change_at {
+                        track.first_violation_after_change.get_or_insert(t);
+                    }
                 }
             }
         }
@@ -206,6 +221,7 @@ impl<'a> Meter<'a> {
                 final_regret: regret,
                 min_margin: track.min_margin,
                 first_violation: track.first_violation,
+                first_violation_after_change: track.first_violation_after_change,
                 baseline_plays,
                 fallback_plays,
                 final_reward: reward,
@@ -253,7 +269,7 @@ fn run_bandit(
         ctx.feedback.map(|spec| FeedbackQueue::new(spec, stream_rng(ctx.scenario_seed, job.run, Stream::Feedback)));
     let known_baseline = config.baseline_reward == BaselineReward::Known;
     let guarded = config.drift_guard.is_some();
-    let mut meter = Meter::new(job, ctx.grid);
+    let mut meter = Meter::new(job, ctx);
     let mut deliveries = Vec::new();
 
     for t in 1..=ctx.horizon {
@@ -312,7 +328,7 @@ fn run_episodic(
     // One uniform draw per step, whatever the policy: runs of different learners share their randomness.
     let mut moves = stream_rng(ctx.scenario_seed, job.run, Stream::Noise);
     let conservative = job.config.is_conservative();
-    let mut meter = Meter::new(job, ctx.grid);
+    let mut meter = Meter::new(job, ctx);
     for k in 1..=ctx.horizon {
         let plan = learner.start_episode().map_err(|e| engine_error(format_args!("start_episode {k}"), e))?;
         let played_baseline = plan.driver == Driver::Baseline;

@@ -150,6 +150,7 @@ pub fn simulate(
         scenario_seed: scenario.seed,
         horizon: scenario.horizon,
         grid: &grid,
+        change_at: scenario.change_round(),
     };
     let jobs = jobs(scenario, runs, options.shard);
     let pool = rayon::ThreadPoolBuilder::new()

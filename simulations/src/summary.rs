@@ -67,28 +67,46 @@ pub struct PolicyResult {
     pub final_reward: f64,
     /// Mean of sum_t mu_t(b_t).
     pub baseline_reward: f64,
-    /// The drift guard's record, for policies with a guard.
+    /// Violations before and after the environment's change and the drift guard's record: for every policy
+    /// on a non-stationary environment, and for guarded policies on any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub drift: Option<DriftStats>,
 }
 
-/// How a policy's drift guard did across runs.
+/// A policy's record around the environment's change, across runs.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct DriftStats {
     /// The round at which theta* starts to change (null on stationary environments).
     pub change_at: Option<u64>,
+    /// Runs whose margin went negative at a constrained round before the change (every violating run, on a
+    /// stationary environment).
+    pub violations_before_change: u64,
+    /// violations_before_change / runs.
+    pub violation_rate_before_change: f64,
+    /// Runs whose margin went negative at a constrained round at or after the change, whether or not they
+    /// had violated before it.
+    pub violations_after_change: u64,
+    /// violations_after_change / runs.
+    pub violation_rate_after_change: f64,
+    /// The drift guard's alarms (null for a policy without a guard).
+    pub guard: Option<GuardStats>,
+}
+
+/// How a policy's drift guard did across runs.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct GuardStats {
     /// Runs whose guard raised an alarm.
     pub alarm_runs: u64,
     /// Runs whose alarm came before the change (every alarm, on a stationary environment).
     pub false_alarm_runs: u64,
     /// false_alarm_runs / runs.
     pub false_alarm_rate: f64,
+    /// Runs whose alarm came at or after the change.
+    pub detected_runs: u64,
     /// Rounds from the change to the alarm, over runs that detected it: median and 90th percentile.
     pub detection_delay_median: Option<f64>,
     /// See `detection_delay_median`.
     pub detection_delay_p90: Option<f64>,
-    /// Runs that broke the constraint at or after the change.
-    pub violations_after_change: u64,
 }
 
 /// Mean, standard deviation and 5th/95th percentiles over runs.
@@ -195,26 +213,34 @@ pub(crate) fn canonicalise(scenario: &Scenario, runs: u32, records: &mut [RunRec
     Ok(())
 }
 
-fn drift_stats(scenario: &Scenario, runs: u32, group: &[RunRecord]) -> DriftStats {
-    let change_at = scenario.change_round();
-    let alarms: Vec<u64> = group.iter().filter_map(|r| r.drift_alarm).collect();
-    let false_alarm_runs = alarms.iter().filter(|&&t| change_at.is_none_or(|c| t < c)).count() as u64;
-    let delays: Vec<f64> = match change_at {
-        Some(c) => alarms.iter().filter(|&&t| t >= c).map(|&t| (t - c) as f64).collect(),
-        None => Vec::new(),
-    };
-    let delays = sorted(&delays);
+fn drift_stats(change_at: Option<u64>, guarded: bool, runs: u32, group: &[RunRecord]) -> DriftStats {
+    let before = |t: u64| change_at.is_none_or(|c| t < c);
+    let violations_before_change = group.iter().filter(|r| r.first_violation.is_some_and(before)).count() as u64;
+    let violations_after_change = group.iter().filter(|r| r.first_violation_after_change.is_some()).count() as u64;
+    let guard = guarded.then(|| {
+        let alarms: Vec<u64> = group.iter().filter_map(|r| r.drift_alarm).collect();
+        let false_alarm_runs = alarms.iter().filter(|&&t| before(t)).count() as u64;
+        let delays: Vec<f64> = match change_at {
+            Some(c) => alarms.iter().filter(|&&t| t >= c).map(|&t| (t - c) as f64).collect(),
+            None => Vec::new(),
+        };
+        let delays = sorted(&delays);
+        GuardStats {
+            alarm_runs: alarms.len() as u64,
+            false_alarm_runs,
+            false_alarm_rate: false_alarm_runs as f64 / f64::from(runs),
+            detected_runs: delays.len() as u64,
+            detection_delay_median: (!delays.is_empty()).then(|| quantile_sorted(&delays, 0.5)),
+            detection_delay_p90: (!delays.is_empty()).then(|| quantile_sorted(&delays, 0.9)),
+        }
+    });
     DriftStats {
         change_at,
-        alarm_runs: alarms.len() as u64,
-        false_alarm_runs,
-        false_alarm_rate: false_alarm_runs as f64 / f64::from(runs),
-        detection_delay_median: (!delays.is_empty()).then(|| quantile_sorted(&delays, 0.5)),
-        detection_delay_p90: (!delays.is_empty()).then(|| quantile_sorted(&delays, 0.9)),
-        violations_after_change: group
-            .iter()
-            .filter(|r| matches!((r.first_violation, change_at), (Some(t), Some(c)) if t >= c))
-            .count() as u64,
+        violations_before_change,
+        violation_rate_before_change: violations_before_change as f64 / f64::from(runs),
+        violations_after_change,
+        violation_rate_after_change: violations_after_change as f64 / f64::from(runs),
+        guard,
     }
 }
 
@@ -232,6 +258,7 @@ pub(crate) fn summarise(
 ) -> (Summary, Vec<CurveRow>) {
     let grid = scenario.curve_rounds();
     let horizon = scenario.horizon as f64;
+    let change_at = scenario.change_round();
     let mut results = Vec::new();
     let mut curves = Vec::new();
     for group in records.chunks(runs as usize) {
@@ -263,7 +290,8 @@ pub(crate) fn summarise(
             fallback_fraction: mean(&collect(&|r| r.fallback_plays as f64 / horizon)),
             final_reward: mean(&collect(&|r| r.final_reward)),
             baseline_reward: mean(&collect(&|r| r.baseline_reward)),
-            drift: policy.config.drift_guarded().then(|| drift_stats(scenario, runs, group)),
+            drift: (change_at.is_some() || policy.config.drift_guarded())
+                .then(|| drift_stats(change_at, policy.config.drift_guarded(), runs, group)),
         });
         for metric in CURVE_METRICS {
             for (i, &t) in grid.iter().enumerate() {

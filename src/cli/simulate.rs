@@ -132,25 +132,42 @@ fn print_table(summary: &Summary) {
             r.baseline_fraction
         );
     }
-    let guarded: Vec<_> = summary.results.iter().filter_map(|r| r.drift.map(|d| (r, d))).collect();
-    if !guarded.is_empty() {
+    let drifting: Vec<_> = summary.results.iter().filter_map(|r| r.drift.map(|d| (r, d))).collect();
+    if !drifting.is_empty() {
         println!();
         println!(
-            "{:width$}  {:>6}  {:>8}  {:>12}  {:>12}  {:>11}  {:>16}",
-            "drift guard", "alpha", "alarms", "false alarms", "delay median", "delay p90", "violations after"
+            "{:width$}  {:>6}  {:>17}  {:>16}  {:>8}  {:>12}  {:>12}  {:>9}",
+            "drift",
+            "alpha",
+            "violations before",
+            "violations after",
+            "alarms",
+            "false alarms",
+            "delay median",
+            "delay p90"
         );
+        let of = |n: u64| format!("{n}/{}", summary.seeds);
         let show = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.0}"));
-        for (r, d) in guarded {
+        for (r, d) in drifting {
+            let (alarms, false_alarms, median, p90) = match d.guard {
+                Some(g) => (
+                    of(g.alarm_runs),
+                    of(g.false_alarm_runs),
+                    show(g.detection_delay_median),
+                    show(g.detection_delay_p90),
+                ),
+                None => ("-".into(), "-".into(), "-".into(), "-".into()),
+            };
             println!(
-                "{:width$}  {:>6}  {:>8}  {:>12}  {:>12}  {:>11}  {:>16}",
+                "{:width$}  {:>6}  {:>17}  {:>16}  {alarms:>8}  {false_alarms:>12}  {median:>12}  {p90:>9}",
                 r.label,
                 r.alpha,
-                format!("{}/{}", d.alarm_runs, r.runs),
-                format!("{}/{}", d.false_alarm_runs, r.runs),
-                show(d.detection_delay_median),
-                show(d.detection_delay_p90),
-                format!("{}/{}", d.violations_after_change, r.runs)
+                of(d.violations_before_change),
+                of(d.violations_after_change),
             );
+        }
+        if let Some(change) = summary.results.iter().find_map(|r| r.drift.and_then(|d| d.change_at)) {
+            println!("(the environment starts to change at round {change}; delays count from there)");
         }
     }
     println!("{} runs of {} rounds each, {:.1} s", summary.seeds, summary.horizon, summary.wall_seconds);

@@ -23,11 +23,11 @@ use tonic::transport::Channel;
 use crate::support::*;
 
 /// A server process, killed when dropped (also when a failing assertion unwinds the test).
-struct ServerProcess(Child);
+pub(crate) struct ServerProcess(Child);
 
 impl ServerProcess {
     /// SIGKILL: no shutdown, no flush.
-    fn kill_9(&mut self) {
+    pub(crate) fn kill_9(&mut self) {
         self.0.kill().unwrap();
         self.0.wait().unwrap();
     }
@@ -41,7 +41,10 @@ impl Drop for ServerProcess {
 }
 
 /// `safebet serve` on an ephemeral port; returns the process and its address once it serves.
-fn spawn_server(data: &Path, experiments: &Path) -> (ServerProcess, String, std::thread::JoinHandle<Vec<String>>) {
+pub(crate) fn spawn_server(
+    data: &Path,
+    experiments: &Path,
+) -> (ServerProcess, String, std::thread::JoinHandle<Vec<String>>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_safebet"))
         .args(["serve", "--listen", "127.0.0.1:0", "--snapshot-interval-secs", "1", "--data-dir"])
         .arg(data)
@@ -67,7 +70,7 @@ fn spawn_server(data: &Path, experiments: &Path) -> (ServerProcess, String, std:
     (ServerProcess(child), address, drain)
 }
 
-async fn connect(address: &str) -> Channel {
+pub(crate) async fn connect(address: &str) -> Channel {
     Channel::from_shared(address.to_owned()).unwrap().connect().await.unwrap()
 }
 

@@ -3,7 +3,7 @@
 
 use rand::{RngExt, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
-use safebet_engine::rl::environments::river_swim;
+use safebet_engine::rl::environments::{Environment, river_swim};
 use safebet_engine::{Driver, EpisodicConfig, EpisodicLearner, RlAlgorithm, StartState, evaluate_policy};
 use safebet_proto as pb;
 use safebet_proto::episode_service_client::EpisodeServiceClient;
@@ -32,8 +32,9 @@ fn observe(step: usize, state: usize, action: usize, reward: f64, next: usize) -
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn episodes_over_grpc_equal_the_engine_and_survive_a_restart_mid_episode() {
+/// RiverSwim (6 states, horizon 20) for the conservative learner: the environment, the engine configuration
+/// and the same configuration as a gRPC spec.
+fn river() -> (Environment, EpisodicConfig, pb::EpisodicSpec) {
     let env = river_swim(6, 20).unwrap();
     let table: Vec<usize> = env.baseline.iter().copied().cycle().take(6 * 20).collect();
     let baseline_value = evaluate_policy(&env.mdp, &table)[env.start];
@@ -50,11 +51,6 @@ async fn episodes_over_grpc_equal_the_engine_and_survive_a_restart_mid_episode()
         reward_range: [0.0, 1.0],
         bonus_scale: 1.0,
     };
-    let mut local = EpisodicLearner::new(config).unwrap();
-
-    let dir = tempfile::tempdir().unwrap();
-    let mut server = TestServer::start_with(dir.path(), vec![], Limits::default()).await;
-    let mut client = episodes(&server).await;
     let spec = pb::EpisodicSpec {
         algorithm: pb::RlAlgorithm::ConservativeUcbvi as i32,
         states: 6,
@@ -66,6 +62,33 @@ async fn episodes_over_grpc_equal_the_engine_and_survive_a_restart_mid_episode()
         alpha: Some(0.5),
         ..Default::default()
     };
+    (env, config, spec)
+}
+
+/// One step of the environment: the reward of (state, action) and a next state drawn from its distribution.
+fn transition(env: &Environment, rng: &mut Xoshiro256PlusPlus, state: usize, action: usize) -> (f64, usize) {
+    let u: f64 = rng.random();
+    let distribution = env.mdp.next_state_distribution(state, action);
+    let mut next = distribution.len() - 1;
+    let mut acc = 0.0;
+    for (s, p) in distribution.iter().enumerate() {
+        acc += p;
+        if u < acc {
+            next = s;
+            break;
+        }
+    }
+    (env.mdp.rewards[state * env.mdp.actions + action], next)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn episodes_over_grpc_equal_the_engine_and_survive_a_restart_mid_episode() {
+    let (env, config, spec) = river();
+    let mut local = EpisodicLearner::new(config).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = TestServer::start_with(dir.path(), vec![], Limits::default()).await;
+    let mut client = episodes(&server).await;
     client
         .create_episodic_experiment(pb::CreateEpisodicExperimentRequest {
             id: "river".into(),
@@ -106,17 +129,7 @@ async fn episodes_over_grpc_equal_the_engine_and_survive_a_restart_mid_episode()
             }
             let action = client.act(act(step, state)).await.unwrap().into_inner().action as usize;
             assert_eq!(action, local.action(step, state).unwrap(), "episode {episode}, step {step}");
-            let u: f64 = rng.random();
-            let mut next = 5;
-            let mut acc = 0.0;
-            for (s, p) in env.mdp.next_state_distribution(state, action).iter().enumerate() {
-                acc += p;
-                if u < acc {
-                    next = s;
-                    break;
-                }
-            }
-            let reward = env.mdp.rewards[state * 2 + action];
+            let (reward, next) = transition(&env, &mut rng, state, action);
             client.observe(observe(step, state, action, reward, next)).await.unwrap();
             local.observe(step, state, action, reward, next).unwrap();
             state = next;
@@ -177,27 +190,93 @@ async fn bad_episodic_calls_are_refused_and_change_nothing() {
     // Nothing is running yet.
     let not_started = client.act(act(0, 0)).await.unwrap_err();
     assert_eq!(not_started.code(), Code::FailedPrecondition, "{not_started:?}");
-    assert!(client.observe(observe(0, 0, 0, 0.0, 1)).await.is_err());
-    assert!(client.end_episode(pb::EndEpisodeRequest { experiment_id: "river".into() }).await.is_err());
+    assert_eq!(client.observe(observe(0, 0, 0, 0.0, 1)).await.unwrap_err().code(), Code::FailedPrecondition);
+    let end = client.end_episode(pb::EndEpisodeRequest { experiment_id: "river".into() }).await.unwrap_err();
+    assert_eq!(end.code(), Code::FailedPrecondition);
     assert_eq!(report(&mut client).await, before);
 
     client.start_episode(pb::StartEpisodeRequest { experiment_id: "river".into() }).await.unwrap();
     let running = report(&mut client).await;
     let twice = client.start_episode(pb::StartEpisodeRequest { experiment_id: "river".into() }).await.unwrap_err();
     assert_eq!(twice.code(), Code::FailedPrecondition, "{twice:?}");
-    for (request, what) in [
-        (observe(1, 0, 0, 0.0, 1), "a step out of order"),
-        (observe(0, 7, 0, 0.0, 1), "a state out of range"),
-        (observe(0, 0, 9, 0.0, 1), "an action out of range"),
-        (observe(0, 0, 0, f64::NAN, 1), "a NaN reward"),
-        (observe(0, 0, 0, 3.0, 1), "a reward out of range"),
-        (observe(0, 0, 0, 0.0, 3), "a next state out of range"),
+    for (request, code, what) in [
+        (observe(1, 0, 0, 0.0, 1), Code::FailedPrecondition, "a step out of order"),
+        (observe(0, 7, 0, 0.0, 1), Code::InvalidArgument, "a state out of range"),
+        (observe(0, 0, 9, 0.0, 1), Code::InvalidArgument, "an action out of range"),
+        (observe(0, 0, 0, f64::NAN, 1), Code::InvalidArgument, "a NaN reward"),
+        (observe(0, 0, 0, 3.0, 1), Code::InvalidArgument, "a reward out of range"),
+        (observe(0, 0, 0, 0.0, 3), Code::InvalidArgument, "a next state out of range"),
+        (pb::ObserveRequest { reward: None, ..observe(0, 0, 0, 0.0, 1) }, Code::InvalidArgument, "no reward"),
+        (pb::ObserveRequest { experiment_id: "nope".into(), ..observe(0, 0, 0, 0.0, 1) }, Code::NotFound, "unknown"),
     ] {
         let refused = client.observe(request).await.unwrap_err();
-        assert!(matches!(refused.code(), Code::InvalidArgument | Code::FailedPrecondition), "{what}: {refused:?}");
+        assert_eq!(refused.code(), code, "{what}: {refused:?}");
         assert_eq!(report(&mut client).await, running, "{what} changed the experiment");
     }
     assert_eq!(client.act(act(0, 9)).await.unwrap_err().code(), Code::InvalidArgument);
     let unknown = client.start_episode(pb::StartEpisodeRequest { experiment_id: "nope".into() }).await.unwrap_err();
     assert_eq!(unknown.code(), Code::NotFound);
+}
+
+/// `kill -9` of the real binary twice in the middle of episodes (once right after a periodic snapshot, once
+/// with only the log since the last one): every acknowledged start and transition is recovered, and the
+/// learner goes on exactly as an uninterrupted one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_episode_continues_as_an_uninterrupted_learner() {
+    use crate::durability::{connect, spawn_server};
+
+    let (env, config, spec) = river();
+    let mut local = EpisodicLearner::new(config).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let experiments = dir.path().join("experiments.toml");
+    std::fs::write(&experiments, "").unwrap();
+    let data = dir.path().join("data");
+    let (mut child, address, _drain) = spawn_server(&data, &experiments);
+    let mut client = EpisodeServiceClient::new(connect(&address).await);
+    client
+        .create_episodic_experiment(pb::CreateEpisodicExperimentRequest { id: "river".into(), spec: Some(spec) })
+        .await
+        .unwrap();
+
+    // (episode, step) before whose action the server is killed, and whether to first wait for a snapshot.
+    let kills = [(3u64, 7usize, true), (6, 13, false)];
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(17);
+    for episode in 0..8u64 {
+        let plan =
+            client.start_episode(pb::StartEpisodeRequest { experiment_id: "river".into() }).await.unwrap().into_inner();
+        let expected = local.start_episode().unwrap();
+        assert_eq!(plan.episode, expected.episode);
+        let driver = if expected.driver == Driver::Learner { pb::Driver::Learner } else { pb::Driver::Baseline };
+        assert_eq!(plan.driver, driver as i32, "episode {episode}: who drives");
+        let mut state = env.start;
+        for step in 0..20 {
+            if let Some(&(_, _, snapshot_first)) = kills.iter().find(|k| (k.0, k.1) == (episode, step)) {
+                if snapshot_first {
+                    // The server snapshots every second: recovery then starts from a snapshot taken mid-episode.
+                    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+                }
+                child.kill_9();
+                let (restarted, address, _) = spawn_server(&data, &experiments);
+                child = restarted;
+                client = EpisodeServiceClient::new(connect(&address).await);
+                let report = client
+                    .get_episodic_report(pb::GetEpisodicReportRequest { experiment_id: "river".into() })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                assert!(report.episode_running, "episode {episode} is still running after kill -9");
+                assert_eq!((report.episodes, report.steps), (episode + 1, local.stats().steps));
+            }
+            let action = client.act(act(step, state)).await.unwrap().into_inner().action as usize;
+            assert_eq!(action, local.action(step, state).unwrap(), "episode {episode}, step {step}");
+            let (reward, next) = transition(&env, &mut rng, state, action);
+            client.observe(observe(step, state, action, reward, next)).await.unwrap();
+            local.observe(step, state, action, reward, next).unwrap();
+            state = next;
+        }
+        let summary =
+            client.end_episode(pb::EndEpisodeRequest { experiment_id: "river".into() }).await.unwrap().into_inner();
+        assert_eq!(summary.episode_return.to_bits(), local.end_episode().unwrap().episode_return.to_bits());
+    }
+    child.kill_9();
 }

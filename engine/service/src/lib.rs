@@ -2,8 +2,11 @@
 //!
 //! The gRPC decision service around the pure [`safebet_engine`]: product services call `Decide` and `Reward`
 //! (`safebet.v1.DecisionService`), operators create and steer experiments (`safebet.v1.ExperimentAdmin`),
-//! and standard gRPC health and reflection answer too. The service validates, maps ids and holds state; every
-//! policy decision is the engine's.
+//! and standard gRPC health and reflection answer too. Episodic RL experiments (`safebet.v1.EpisodeService`:
+//! `StartEpisode` says whether the learner or the baseline drives, then `Act`, `Observe`, `EndEpisode`) run
+//! the engine's `EpisodicLearner` in an [`EpisodicExperiment`], logged in the same decision log and recovered
+//! the same way (snapshot, then replay). The service validates, maps ids and holds state; every policy
+//! decision is the engine's.
 //!
 //! Principal types: [`run`] (the server on a bound listener until a shutdown future completes),
 //! [`ServeOptions`], [`Registry`] and [`Experiment`] (one lock per experiment, so experiments never wait on

@@ -174,3 +174,16 @@ algorithm = "ucbvi"
     .to_string();
     assert_names(&m, "policies[0].bonus", "unknown field `bonus`");
 }
+
+#[test]
+fn a_policy_sets_its_drift_guard_and_typos_in_it_are_named() {
+    let guarded =
+        |guard: &str| SMALL.replacen("label = \"LinTS\"", &format!("label = \"LinTS\"\ndrift_guard = {guard}"), 1);
+    let scenario =
+        Scenario::from_toml_str(&guarded("{ threshold = 30.0 }"), "scenarios/good.toml", Path::new(".")).unwrap();
+    assert!(scenario.policies[1].config.drift_guarded() && !scenario.policies[0].config.drift_guarded());
+    let m = error_for("label = \"LinTS\"", "label = \"LinTS\"\ndrift_guard = { threshold = 30.0, alowance = 1.0 }");
+    assert_names(&m, "policies[1].drift_guard.alowance", "unknown field `alowance`");
+    let m = error_for("label = \"LinTS\"", "label = \"LinTS\"\ndrift_guard = { threshold = -1.0 }");
+    assert_names(&m, "policies[1].drift_guard.threshold", "must be finite and > 0, got -1");
+}

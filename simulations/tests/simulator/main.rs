@@ -5,6 +5,7 @@ mod bad_scenarios;
 mod determinism;
 mod drift;
 mod measurement;
+mod rl;
 mod shipped;
 
 use std::path::{Path, PathBuf};

@@ -20,7 +20,9 @@ fn shipped() -> Vec<Scenario> {
 fn every_shipped_scenario_parses_and_documents_itself() {
     let scenarios = shipped();
     let names: Vec<&str> = scenarios.iter().map(|s| s.name.as_str()).collect();
-    for expected in ["kazerouni2017", "garcelon2020", "wu2016", "digits", "delayed", "drift", "riverswim"] {
+    for expected in
+        ["kazerouni2017", "garcelon2020", "wu2016", "digits", "delayed", "drift", "riverswim", "cliff", "inventory"]
+    {
         assert!(names.contains(&expected), "no {expected} scenario in {names:?}");
     }
     for s in &scenarios {
