@@ -7,8 +7,9 @@
 //!    rate; by Little's law a closed loop at 64 in flight can only reach p99 < 2 ms above ~32k/s);
 //! 3. `DecideBatch` of 100, closed loop, 4 batches in flight.
 //!
-//! `cargo bench --bench grpc_load` (add `-- --seconds 10` for longer runs). Prints decisions/s and latency
-//! p50/p99/p99.9 per scenario. By default every decision and reward goes through the durable SQLite decision
+//! `cargo bench --bench grpc_load` (add `-- --seconds 10` for longer runs). Prints decisions/s, latency
+//! p50/p99/p99.9 and the CPU time (client + server) per decision for each scenario. Features travel as
+//! little-endian bytes (`features_le`); `--encoding packed` sends them as `repeated double` instead. By default every decision and reward goes through the durable SQLite decision
 //! log (group commit, fsync) in a temporary directory under `--data-dir DIR` (default `.`); `--store memory`
 //! logs nothing, to measure what durability costs.
 
@@ -54,18 +55,23 @@ fn stream(seed: u64) -> impl FnMut() -> f64 {
     }
 }
 
-/// A pool of distinct requests; features of norm <= 1.
-fn requests(n: usize) -> Arc<Vec<pb::DecideRequest>> {
+/// A pool of distinct requests; features of norm <= 1, as packed doubles or as little-endian bytes.
+fn requests(n: usize, as_bytes: bool) -> Arc<Vec<pb::DecideRequest>> {
     let mut uniform = stream(42);
     let scale = 1.0 / (DIM as f64).sqrt();
     Arc::new(
         (0..n)
             .map(|i| pb::DecideRequest {
                 experiment_id: "load".into(),
-                actions: Some(pb::decide_request::Actions::PerAction(pb::PerActionFeatures {
-                    features: (0..DIM * ACTIONS).map(|_| uniform() * scale).collect(),
-                    num_actions: ACTIONS as u32,
-                    action_ids: vec![],
+                actions: Some(pb::decide_request::Actions::PerAction({
+                    let features: Vec<f64> = (0..DIM * ACTIONS).map(|_| uniform() * scale).collect();
+                    let mut actions = pb::PerActionFeatures { num_actions: ACTIONS as u32, ..Default::default() };
+                    if as_bytes {
+                        actions.features_le = features.iter().flat_map(|v| v.to_le_bytes()).collect();
+                    } else {
+                        actions.features = features;
+                    }
+                    actions
                 })),
                 baseline: Some(pb::decide_request::Baseline::BaselineIndex((i % ACTIONS) as u32)),
                 ..Default::default()
@@ -109,13 +115,14 @@ impl Measured {
         };
         println!(
             "{scenario:<52} {:>9.0} decisions/s  {unit} latency p50 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms  \
-             ({} calls, {:.2} cores busy)",
+             ({} calls, {:.2} cores busy, {:.1} CPU us per decision)",
             self.decisions as f64 / self.elapsed.as_secs_f64(),
             pick(0.50),
             pick(0.99),
             pick(0.999),
             self.latencies.len(),
             self.cpu / self.elapsed.as_secs_f64(),
+            self.cpu * 1e6 / self.decisions.max(1) as f64,
         );
     }
 }
@@ -289,6 +296,9 @@ fn main() {
         args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).and_then(|s| s.parse().ok()).unwrap_or(2)
     };
     let (server_threads, client_threads) = (threads("--server-threads"), threads("--client-threads"));
+    // How the client sends features: `bytes` (features_le, the default) or `packed` (repeated double).
+    let packed =
+        args.iter().position(|a| a == "--encoding").and_then(|i| args.get(i + 1)).is_some_and(|s| s == "packed");
     let server_runtime = runtime("server", server_threads);
     let listener = server_runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind loopback");
     let address = listener.local_addr().unwrap();
@@ -336,7 +346,7 @@ fn main() {
             })
             .await
             .expect("create experiment");
-        let pool = requests(1024);
+        let pool = requests(1024, !packed);
         // Warm the learner up with rewarded rounds, so the measured decisions run the full safety check.
         let mut client = DecisionServiceClient::new(channels[0].clone());
         let mut uniform = stream(7);
@@ -354,7 +364,8 @@ fn main() {
         println!(
             "gRPC load, loopback, CLUCB shared d = {DIM}, K = {ACTIONS}, {CONNECTIONS} HTTP/2 connections, \
              server on {server_threads} and client on {client_threads} worker threads, {seconds} s per scenario, \
-             store: {}",
+             features as {}, store: {}",
+            if packed { "packed doubles" } else { "little-endian bytes" },
             if memory { "memory (nothing logged)" } else { "SQLite decision log, fsync per group commit" }
         );
         // Between scenarios the previous one's unrewarded decisions time out (2 s), so each starts alike.

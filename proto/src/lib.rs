@@ -14,12 +14,21 @@
 //!     actions: Some(Actions::PerAction(PerActionFeatures {
 //!         features: vec![1.0, 0.0, 0.0, 1.0],
 //!         num_actions: 2,
-//!         action_ids: vec![],
+//!         ..Default::default()
 //!     })),
 //!     baseline: Some(Baseline::BaselineIndex(0)),
 //!     ..Default::default()
 //! };
 //! assert_eq!(request.experiment_id, "homepage");
+//!
+//! // The same features as little-endian bytes (`features_le`), read in place by the server.
+//! let features: Vec<f64> = vec![1.0, 0.0, 0.0, 1.0];
+//! let as_bytes = PerActionFeatures {
+//!     features_le: features.iter().flat_map(|v| v.to_le_bytes()).collect(),
+//!     num_actions: 2,
+//!     ..Default::default()
+//! };
+//! assert_eq!(as_bytes.features_le.len(), 32);
 //! ```
 
 #![deny(missing_docs)]

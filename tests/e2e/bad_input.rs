@@ -86,7 +86,7 @@ async fn bad_decide_and_reward_requests_are_refused_and_change_nothing() {
     check(
         "wrong layout",
         d.decide(pb::DecideRequest {
-            actions: Some(Actions::SharedContext(pb::SharedContext { context: vec![0.1; 3] })),
+            actions: Some(Actions::SharedContext(pb::SharedContext { context: vec![0.1; 3], ..Default::default() })),
             ..good.clone()
         })
         .await,
@@ -132,6 +132,46 @@ async fn bad_decide_and_reward_requests_are_refused_and_change_nothing() {
         d.decide(with_per_action(good.clone(), |p| p.features[0] = f64::INFINITY)).await,
         Code::InvalidArgument,
         "must be finite",
+    );
+    // The same features as little-endian bytes.
+    let le = |values: &[f64]| values.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
+    let good_features = vec![0.1, 0.2, 0.3, 0.3, 0.2, 0.1];
+    check(
+        "features twice",
+        d.decide(with_per_action(good.clone(), |p| p.features_le = le(&good_features))).await,
+        Code::InvalidArgument,
+        "both per_action.features and per_action.features_le are set",
+    );
+    let as_bytes = |edit: &dyn Fn(&mut Vec<u8>)| {
+        with_per_action(good.clone(), |p| {
+            p.features_le = le(&p.features);
+            p.features.clear();
+            edit(&mut p.features_le);
+        })
+    };
+    check(
+        "ragged bytes",
+        d.decide(as_bytes(&|b| b.truncate(13))).await,
+        Code::InvalidArgument,
+        "features_le has 13 bytes, not a whole number of 8-byte",
+    );
+    check(
+        "bytes dimension",
+        d.decide(as_bytes(&|b| b.truncate(40))).await,
+        Code::InvalidArgument,
+        "wrong dimension: per_action.features_le has 5 values",
+    );
+    check(
+        "NaN in bytes",
+        d.decide(as_bytes(&|b| b[24..32].copy_from_slice(&f64::NAN.to_le_bytes()))).await,
+        Code::InvalidArgument,
+        "per_action.features_le[3] (action 1, feature 0) is NaN",
+    );
+    check(
+        "infinity in bytes",
+        d.decide(as_bytes(&|b| b[0..8].copy_from_slice(&f64::NEG_INFINITY.to_le_bytes()))).await,
+        Code::InvalidArgument,
+        "features_le[0] (action 0, feature 0) is -inf",
     );
     check(
         "action ids count",
@@ -218,12 +258,45 @@ async fn bad_decide_and_reward_requests_are_refused_and_change_nothing() {
     // Disjoint and arms layouts.
     let context = |c: Vec<f64>| pb::DecideRequest {
         experiment_id: "disjoint".into(),
-        actions: Some(Actions::SharedContext(pb::SharedContext { context: c })),
+        actions: Some(Actions::SharedContext(pb::SharedContext { context: c, ..Default::default() })),
         baseline: Some(Baseline::BaselineIndex(0)),
         ..Default::default()
     };
     check("context dimension", d.decide(context(vec![0.1, 0.2])).await, Code::InvalidArgument, "wrong dimension");
     check("context NaN", d.decide(context(vec![0.1, f64::NAN, 0.2])).await, Code::InvalidArgument, "context[1] is NaN");
+    let context_bytes = |c: &[f64], ragged: bool| {
+        let mut bytes: Vec<u8> = c.iter().flat_map(|v| v.to_le_bytes()).collect();
+        if ragged {
+            bytes.pop();
+        }
+        pb::DecideRequest {
+            actions: Some(Actions::SharedContext(pb::SharedContext { context_le: bytes, ..Default::default() })),
+            ..context(vec![])
+        }
+    };
+    check(
+        "context bytes dimension",
+        d.decide(context_bytes(&[0.1, 0.2], false)).await,
+        Code::InvalidArgument,
+        "shared_context.context_le has 2 values",
+    );
+    check("context bytes ragged", d.decide(context_bytes(&[0.1; 3], true)).await, Code::InvalidArgument, "23 bytes");
+    check(
+        "context bytes NaN",
+        d.decide(context_bytes(&[0.1, 0.2, f64::NAN], false)).await,
+        Code::InvalidArgument,
+        "context_le[2] is NaN",
+    );
+    check(
+        "context twice",
+        d.decide(pb::DecideRequest {
+            actions: Some(Actions::SharedContext(pb::SharedContext { context: vec![0.1; 3], context_le: vec![0; 24] })),
+            ..context(vec![])
+        })
+        .await,
+        Code::InvalidArgument,
+        "both shared_context.context and shared_context.context_le",
+    );
     check(
         "disjoint baseline",
         d.decide(pb::DecideRequest { baseline: Some(Baseline::BaselineIndex(4)), ..context(vec![0.1; 3]) }).await,

@@ -13,7 +13,7 @@ use crate::support::*;
 
 #[derive(Debug, Clone)]
 enum Op {
-    Decide { request: pb::DecideRequest, answer: pb::DecideResponse },
+    Decide { request: Box<pb::DecideRequest>, answer: pb::DecideResponse },
     Reward { event_id: String, value: f64, answer: pb::RewardResponse },
 }
 
@@ -32,10 +32,11 @@ fn request(id: &str, spec: &pb::ExperimentSpec, stream: &mut Stream) -> pb::Deci
         Some(pb::layout::Kind::Shared(s)) => {
             let k = 5;
             let features = (0..k * s.dim).map(|_| stream.uniform() * 0.5).collect();
-            Some(Actions::PerAction(pb::PerActionFeatures { features, num_actions: k, action_ids: vec![] }))
+            Some(Actions::PerAction(pb::PerActionFeatures { features, num_actions: k, ..Default::default() }))
         }
         Some(pb::layout::Kind::Disjoint(d)) => Some(Actions::SharedContext(pb::SharedContext {
             context: (0..d.dim).map(|_| stream.uniform() * 0.5).collect(),
+            ..Default::default()
         })),
         _ => Some(Actions::Arms(pb::Arms {})),
     };
@@ -102,7 +103,7 @@ async fn concurrent_clients_equal_a_sequential_replay() {
                             .collect()
                     };
                     for (request, answer) in requests.into_iter().zip(answers) {
-                        log.lock().await.push(Op::Decide { request, answer: answer.clone() });
+                        log.lock().await.push(Op::Decide { request: Box::new(request), answer: answer.clone() });
                         let value = ((answer.action_index as f64 * 0.17 + stream.uniform() * 0.3) % 1.0).abs();
                         let applied = d.reward(reward(&id, &answer.event_id, value)).await.unwrap().into_inner();
                         log.lock().await.push(Op::Reward { event_id: answer.event_id, value, answer: applied });

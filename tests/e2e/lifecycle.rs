@@ -176,6 +176,7 @@ async fn other_layouts_and_reward_timeouts() {
             experiment_id: "disjoint".into(),
             actions: Some(pb::decide_request::Actions::SharedContext(pb::SharedContext {
                 context: vec![0.5, 0.2, 0.1],
+                ..Default::default()
             })),
             baseline: Some(pb::decide_request::Baseline::BaselineIndex(1)),
             ..Default::default()

@@ -6,6 +6,7 @@ mod bad_input;
 mod concurrency;
 mod drift;
 mod durability;
+mod encodings;
 mod episodes;
 mod fuzz;
 mod health_reflection;

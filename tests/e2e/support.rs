@@ -153,7 +153,7 @@ pub fn per_action(experiment: &str, features: Vec<f64>, k: u32, baseline: u32) -
         actions: Some(pb::decide_request::Actions::PerAction(pb::PerActionFeatures {
             features,
             num_actions: k,
-            action_ids: vec![],
+            ..Default::default()
         })),
         baseline: Some(pb::decide_request::Baseline::BaselineIndex(baseline)),
         ..Default::default()

@@ -39,7 +39,8 @@ impl DecisionApi {
     ) -> Result<(pb::DecideResponse, Commit), ServiceError> {
         let limits = self.registry.limits();
         let experiment = self.experiment(&request.experiment_id, cached)?;
-        let input = decide_input(&experiment, request, limits)?;
+        let mut unaligned = Vec::new();
+        let input = decide_input(&experiment, request, limits, &mut unaligned)?;
         let (answer, commit) = experiment.decide(&input, limits, now)?;
         Ok((to_response(answer), commit))
     }
@@ -241,11 +242,47 @@ fn check_finite(field: &str, values: &[f64], dim: usize) -> Result<(), ServiceEr
     }
 }
 
-/// Checks a Decide request against its experiment's shape and the limits, borrowing its features.
+/// The doubles of a repeated-double field or of its little-endian `bytes` twin, with the name of the one given.
+/// The bytes are read in place when they are 8-byte aligned (as an allocator returns them) on a little-endian
+/// machine, and copied into `unaligned` otherwise.
+fn doubles<'a>(
+    packed: (&'static str, &'a [f64]),
+    little_endian: (&'static str, &'a [u8]),
+    unaligned: &'a mut Vec<f64>,
+) -> Result<(&'static str, &'a [f64]), ServiceError> {
+    let ((packed_name, packed), (bytes_name, bytes)) = (packed, little_endian);
+    if bytes.is_empty() {
+        return Ok((packed_name, packed));
+    }
+    if !packed.is_empty() {
+        return Err(ServiceError::InvalidArgument(format!(
+            "both {packed_name} and {bytes_name} are set: give the values once, in one of them"
+        )));
+    }
+    if !bytes.len().is_multiple_of(8) {
+        return Err(ServiceError::InvalidArgument(format!(
+            "{bytes_name} has {} bytes, not a whole number of 8-byte little-endian doubles",
+            bytes.len()
+        )));
+    }
+    if cfg!(target_endian = "little")
+        && let Ok(values) = bytemuck::try_cast_slice::<u8, f64>(bytes)
+    {
+        return Ok((bytes_name, values));
+    }
+    unaligned.clear();
+    unaligned
+        .extend(bytes.chunks_exact(8).map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])));
+    Ok((bytes_name, unaligned))
+}
+
+/// Checks a Decide request against its experiment's shape and the limits, borrowing its features (or copying
+/// them into `unaligned` when they came as misaligned bytes).
 fn decide_input<'a>(
     experiment: &Experiment,
     request: &'a pb::DecideRequest,
     limits: &Limits,
+    unaligned: &'a mut Vec<f64>,
 ) -> Result<DecideInput<'a>, ServiceError> {
     let shape = experiment.shape();
     let client_event_id = match request.client_event_id.as_str() {
@@ -276,15 +313,19 @@ fn decide_input<'a>(
                         limits.max_actions
                     )));
                 }
+                let (field, features) = doubles(
+                    ("per_action.features", &p.features),
+                    ("per_action.features_le", &p.features_le),
+                    unaligned,
+                )?;
                 let expected = k * dim;
-                if p.features.len() != expected {
+                if features.len() != expected {
                     return Err(ServiceError::InvalidArgument(format!(
-                        "wrong dimension: per_action.features has {} values, expected num_actions x dim = {k} x {dim} \
-                         = {expected}",
-                        p.features.len()
+                        "wrong dimension: {field} has {} values, expected num_actions x dim = {k} x {dim} = {expected}",
+                        features.len()
                     )));
                 }
-                check_finite("per_action.features", &p.features, dim)?;
+                check_finite(field, features, dim)?;
                 if !p.action_ids.is_empty() {
                     if p.action_ids.len() != k {
                         return Err(ServiceError::InvalidArgument(format!(
@@ -294,22 +335,27 @@ fn decide_input<'a>(
                     }
                     check_action_ids("per_action.action_ids", &p.action_ids)?;
                 }
-                (ActionSet::PerAction { features: &p.features, num_actions: k }, k, &p.action_ids[..])
+                (ActionSet::PerAction { features, num_actions: k }, k, &p.action_ids[..])
             }
             (Some(Actions::SharedContext(c)), Layout::Disjoint { dim, actions }) => {
-                if c.context.len() != dim {
+                let (field, context) = doubles(
+                    ("shared_context.context", &c.context),
+                    ("shared_context.context_le", &c.context_le),
+                    unaligned,
+                )?;
+                if context.len() != dim {
                     return Err(ServiceError::InvalidArgument(format!(
-                        "wrong dimension: shared_context.context has {} values, the experiment's dim is {dim}",
-                        c.context.len()
+                        "wrong dimension: {field} has {} values, the experiment's dim is {dim}",
+                        context.len()
                     )));
                 }
-                if let Some(i) = c.context.iter().position(|v| !v.is_finite()) {
+                if let Some(i) = context.iter().position(|v| !v.is_finite()) {
                     return Err(ServiceError::InvalidArgument(format!(
-                        "shared_context.context[{i}] is {}: features must be finite",
-                        c.context[i]
+                        "{field}[{i}] is {}: features must be finite",
+                        context[i]
                     )));
                 }
-                (ActionSet::SharedContext { context: &c.context }, actions, &[][..])
+                (ActionSet::SharedContext { context }, actions, &[][..])
             }
             (Some(Actions::Arms(_)) | None, Layout::Arms { actions }) => (ActionSet::Arms, actions, &[][..]),
             (given, layout) => {
@@ -391,4 +437,29 @@ fn decide_input<'a>(
         baseline_expected_reward: request.baseline_expected_reward,
         round_action_ids,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn little_endian_bytes_read_the_same_aligned_or_not() {
+        let values = [0.25, -1.5, f64::MIN_POSITIVE, 1e300];
+        let mut buffer = vec![0u8; 1];
+        buffer.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+        buffer.extend([0u8; 7]);
+        // Every starting offset within 8 bytes: at most one is 8-byte aligned, the others take the copy.
+        for offset in 0..8 {
+            let mut shifted = vec![0u8; offset];
+            shifted.extend(&buffer[1..33]);
+            let mut unaligned = Vec::new();
+            let (name, read) = doubles(("f", &[]), ("f_le", &shifted[offset..]), &mut unaligned).unwrap();
+            assert_eq!(name, "f_le");
+            assert_eq!(read.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), values.map(f64::to_bits));
+        }
+        let mut unaligned = Vec::new();
+        let (name, read) = doubles(("f", &values), ("f_le", &[]), &mut unaligned).unwrap();
+        assert_eq!((name, read), ("f", &values[..]));
+    }
 }

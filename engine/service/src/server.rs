@@ -169,9 +169,14 @@ async fn load(options: &ServeOptions, writer: Option<Arc<LogWriter>>) -> Result<
     Ok(registry)
 }
 
-/// Snapshots every experiment that changed since its last snapshot. With a decision log the snapshots go
-/// through its writer, behind the records they include.
+/// Snapshots every experiment that changed since its last snapshot (none with a store that keeps nothing).
+/// With a decision log the snapshots go through its writer, behind the records they include.
 async fn flush(registry: &Registry, store: &Arc<dyn Store>, compact: bool) -> Result<usize, ServiceError> {
+    // A store that keeps nothing would throw the snapshot away: do not clone and serialise every experiment's
+    // state (its pending decisions can run to hundreds of megabytes of JSON under load) for it.
+    if !store.is_durable() {
+        return Ok(0);
+    }
     let episodic: Vec<_> =
         registry.list_episodic().iter().filter_map(|e| e.snapshot(false).map(|s| (e.clone(), s))).collect();
     if let Some(writer) = registry.writer() {
