@@ -59,7 +59,7 @@ pub use registry::{Answer, DecideInput, Experiment, Registry, Report, RewardAnsw
 pub use request_id::RequestIdLayer;
 pub use server::{ServeError, ServeOptions, TlsFiles, run};
 pub use store::{
-    AuditEntry, DATABASE_FILE, MemoryStore, Snapshot, SqliteStore, Store, StoreError, StoredEpisodic, StoredExperiment,
-    Write,
+    AuditEntry, DATABASE_FILE, DEFAULT_WAL_RESTART_FRAMES, MemoryStore, Snapshot, SqliteStore, Store, StoreError,
+    StoredEpisodic, StoredExperiment, Write,
 };
 pub use writer::{Commit, CommitResult, LogWriter, WriterStats};
