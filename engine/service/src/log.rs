@@ -151,6 +151,16 @@ pub fn encode_features(values: &[f64]) -> Vec<u8> {
     bytes
 }
 
+/// The store's bytes of `values` ([`encode_features`]), borrowed without a copy where doubles are already
+/// little-endian in memory (every target safebet is built for), so logging 512 doubles copies nothing.
+pub fn feature_bytes(values: &[f64]) -> std::borrow::Cow<'_, [u8]> {
+    if cfg!(target_endian = "little") {
+        std::borrow::Cow::Borrowed(bytemuck::cast_slice(values))
+    } else {
+        std::borrow::Cow::Owned(encode_features(values))
+    }
+}
+
 /// Decodes [`encode_features`]; `None` if the length is not a multiple of 8.
 pub fn decode_features(bytes: &[u8]) -> Option<Vec<f64>> {
     if !bytes.len().is_multiple_of(8) {
@@ -169,5 +179,6 @@ mod tests {
         let decoded = decode_features(&encode_features(&values)).unwrap();
         assert_eq!(values.map(f64::to_bits).to_vec(), decoded.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
         assert_eq!(decode_features(&[0; 7]), None);
+        assert_eq!(&*feature_bytes(&values), encode_features(&values).as_slice());
     }
 }

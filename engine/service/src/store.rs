@@ -16,9 +16,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 use crate::definition::ExperimentDef;
-use crate::log::{
-    DecisionRecord, EpisodeStartRecord, LogEntry, LogRecord, StepRecord, decode_features, encode_features,
-};
+use crate::log::{DecisionRecord, EpisodeStartRecord, LogEntry, LogRecord, StepRecord, decode_features, feature_bytes};
 
 /// A storage failure. The change that failed was not made.
 #[derive(Debug, thiserror::Error)]
@@ -582,7 +580,7 @@ fn insert_record(insert: &mut rusqlite::CachedStatement<'_>, record: &LogRecord)
                 d.played_baseline,
                 None::<f64>,
                 None::<f64>,
-                encode_features(&d.features),
+                &*feature_bytes(&d.features),
                 detail
             ])?;
         }
