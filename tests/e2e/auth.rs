@@ -98,9 +98,12 @@ async fn call(channel: &Channel, rpc: &str, key: Option<&str>) -> Code {
                 .await
                 .map(drop),
         ),
-        "StartEpisode" => {
-            code(episodes.start_episode(with_key(pb::StartEpisodeRequest { experiment_id: id() }, key)).await.map(drop))
-        }
+        "StartEpisode" => code(
+            episodes
+                .start_episode(with_key(pb::StartEpisodeRequest { experiment_id: id(), ..Default::default() }, key))
+                .await
+                .map(drop),
+        ),
         "GetEpisodicReport" => code(
             episodes
                 .get_episodic_report(with_key(pb::GetEpisodicReportRequest { experiment_id: id() }, key))

@@ -21,6 +21,16 @@ fn act(step: usize, state: usize) -> pb::ActRequest {
     pb::ActRequest { experiment_id: "river".into(), step: step as u32, state: state as u32 }
 }
 
+/// Starts an episode of "river", naming it or not.
+fn start(episode: Option<u64>) -> pb::StartEpisodeRequest {
+    pb::StartEpisodeRequest { experiment_id: "river".into(), episode }
+}
+
+/// Ends the running episode of "river", naming it or not.
+fn end(episode: Option<u64>) -> pb::EndEpisodeRequest {
+    pb::EndEpisodeRequest { experiment_id: "river".into(), episode }
+}
+
 fn observe(step: usize, state: usize, action: usize, reward: f64, next: usize) -> pb::ObserveRequest {
     pb::ObserveRequest {
         experiment_id: "river".into(),
@@ -105,8 +115,7 @@ async fn episodes_over_grpc_equal_the_engine_and_survive_a_restart_mid_episode()
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(9);
     let mut learner_episodes = 0;
     for episode in 0..40u64 {
-        let plan =
-            client.start_episode(pb::StartEpisodeRequest { experiment_id: "river".into() }).await.unwrap().into_inner();
+        let plan = client.start_episode(start(None)).await.unwrap().into_inner();
         let expected = local.start_episode().unwrap();
         assert_eq!(plan.episode, expected.episode);
         let driver = if expected.driver == Driver::Learner { pb::Driver::Learner } else { pb::Driver::Baseline };
@@ -134,8 +143,7 @@ async fn episodes_over_grpc_equal_the_engine_and_survive_a_restart_mid_episode()
             local.observe(step, state, action, reward, next).unwrap();
             state = next;
         }
-        let summary =
-            client.end_episode(pb::EndEpisodeRequest { experiment_id: "river".into() }).await.unwrap().into_inner();
+        let summary = client.end_episode(end(None)).await.unwrap().into_inner();
         let expected = local.end_episode().unwrap();
         assert_eq!(summary.episode_return.to_bits(), expected.episode_return.to_bits());
     }
@@ -191,13 +199,13 @@ async fn bad_episodic_calls_are_refused_and_change_nothing() {
     let not_started = client.act(act(0, 0)).await.unwrap_err();
     assert_eq!(not_started.code(), Code::FailedPrecondition, "{not_started:?}");
     assert_eq!(client.observe(observe(0, 0, 0, 0.0, 1)).await.unwrap_err().code(), Code::FailedPrecondition);
-    let end = client.end_episode(pb::EndEpisodeRequest { experiment_id: "river".into() }).await.unwrap_err();
-    assert_eq!(end.code(), Code::FailedPrecondition);
+    let ended = client.end_episode(end(None)).await.unwrap_err();
+    assert_eq!(ended.code(), Code::FailedPrecondition);
     assert_eq!(report(&mut client).await, before);
 
-    client.start_episode(pb::StartEpisodeRequest { experiment_id: "river".into() }).await.unwrap();
+    client.start_episode(start(None)).await.unwrap();
     let running = report(&mut client).await;
-    let twice = client.start_episode(pb::StartEpisodeRequest { experiment_id: "river".into() }).await.unwrap_err();
+    let twice = client.start_episode(start(None)).await.unwrap_err();
     assert_eq!(twice.code(), Code::FailedPrecondition, "{twice:?}");
     for (request, code, what) in [
         (observe(1, 0, 0, 0.0, 1), Code::FailedPrecondition, "a step out of order"),
@@ -214,7 +222,10 @@ async fn bad_episodic_calls_are_refused_and_change_nothing() {
         assert_eq!(report(&mut client).await, running, "{what} changed the experiment");
     }
     assert_eq!(client.act(act(0, 9)).await.unwrap_err().code(), Code::InvalidArgument);
-    let unknown = client.start_episode(pb::StartEpisodeRequest { experiment_id: "nope".into() }).await.unwrap_err();
+    let unknown = client
+        .start_episode(pb::StartEpisodeRequest { experiment_id: "nope".into(), episode: None })
+        .await
+        .unwrap_err();
     assert_eq!(unknown.code(), Code::NotFound);
 }
 
@@ -242,8 +253,8 @@ async fn kill_9_mid_episode_continues_as_an_uninterrupted_learner() {
     let kills = [(3u64, 7usize, true), (6, 13, false)];
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(17);
     for episode in 0..8u64 {
-        let plan =
-            client.start_episode(pb::StartEpisodeRequest { experiment_id: "river".into() }).await.unwrap().into_inner();
+        let plan = client.start_episode(start(Some(episode))).await.unwrap().into_inner();
+        let mut last_observe: Option<(pb::ObserveRequest, u64)> = None;
         let expected = local.start_episode().unwrap();
         assert_eq!(plan.episode, expected.episode);
         let driver = if expected.driver == Driver::Learner { pb::Driver::Learner } else { pb::Driver::Baseline };
@@ -266,17 +277,125 @@ async fn kill_9_mid_episode_continues_as_an_uninterrupted_learner() {
                     .into_inner();
                 assert!(report.episode_running, "episode {episode} is still running after kill -9");
                 assert_eq!((report.episodes, report.steps), (episode + 1, local.stats().steps));
+                // A client that never heard back from its last calls sends them again: same answers, and the
+                // learner (checked by the actions below) learns from nothing twice.
+                let again = client.start_episode(start(Some(episode))).await.unwrap().into_inner();
+                assert_eq!(again, plan, "episode {episode}: a retried start after kill -9");
+                if let Some((request, steps)) = last_observe.clone() {
+                    let answer = client.observe(request).await.unwrap().into_inner();
+                    assert_eq!(answer.steps, steps, "episode {episode}: a retried observe after kill -9");
+                }
             }
             let action = client.act(act(step, state)).await.unwrap().into_inner().action as usize;
             assert_eq!(action, local.action(step, state).unwrap(), "episode {episode}, step {step}");
             let (reward, next) = transition(&env, &mut rng, state, action);
-            client.observe(observe(step, state, action, reward, next)).await.unwrap();
+            let request = observe(step, state, action, reward, next);
+            let steps = client.observe(request.clone()).await.unwrap().into_inner().steps;
+            last_observe = Some((request, steps));
             local.observe(step, state, action, reward, next).unwrap();
             state = next;
         }
-        let summary =
-            client.end_episode(pb::EndEpisodeRequest { experiment_id: "river".into() }).await.unwrap().into_inner();
+        let summary = client.end_episode(end(Some(episode))).await.unwrap().into_inner();
         assert_eq!(summary.episode_return.to_bits(), local.end_episode().unwrap().episode_return.to_bits());
     }
     child.kill_9();
+}
+
+/// A refusal with `code` and a message that says why.
+fn refused(call: &str, status: tonic::Status, code: Code) {
+    assert_eq!(status.code(), code, "{call}: {status:?}");
+    assert!(!status.message().is_empty(), "{call}: the refusal says why");
+}
+
+/// Every episode call can be retried after its answer was lost: a start or an end that names its episode and
+/// the latest transition get their first answer again, before and after a restart, and the learner counts
+/// nothing twice; a retry that does not match what was done is refused and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retried_episode_calls_get_their_first_answer_and_change_nothing() {
+    let (env, config, spec) = river();
+    let mut local = EpisodicLearner::new(config).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = TestServer::start_with(dir.path(), vec![], Limits::default()).await;
+    let mut client = episodes(&server).await;
+    client
+        .create_episodic_experiment(pb::CreateEpisodicExperimentRequest { id: "river".into(), spec: Some(spec) })
+        .await
+        .unwrap();
+    let report = async |client: &mut EpisodeServiceClient<Channel>| {
+        client
+            .get_episodic_report(pb::GetEpisodicReportRequest { experiment_id: "river".into() })
+            .await
+            .unwrap()
+            .into_inner()
+    };
+
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(3);
+    for episode in 0..6u64 {
+        if episode == 3 {
+            server.stop().await.unwrap();
+            server = TestServer::start_with(dir.path(), vec![], Limits::default()).await;
+            client = episodes(&server).await;
+            // The end of episode 2 is answered again after the restart (rebuilt from the log).
+            let again = client.end_episode(end(Some(2))).await.unwrap().into_inner();
+            assert_eq!((again.episode, again.steps), (2, 20));
+        }
+        let too_far = client.start_episode(start(Some(episode + 1))).await.unwrap_err();
+        refused("starting an episode that is not the next", too_far, Code::FailedPrecondition);
+        let plan = client.start_episode(start(Some(episode))).await.unwrap().into_inner();
+        assert_eq!(plan.episode, local.start_episode().unwrap().episode);
+        let running = report(&mut client).await;
+        assert_eq!(client.start_episode(start(Some(episode))).await.unwrap().into_inner(), plan, "a retried start");
+        let unnamed = client.start_episode(start(None)).await.unwrap_err();
+        refused("an unnamed second start", unnamed, Code::FailedPrecondition);
+        let other = client.start_episode(start(Some(episode + 1))).await.unwrap_err();
+        refused("starting another episode while one runs", other, Code::FailedPrecondition);
+        let wrong_end = client.end_episode(end(Some(episode + 1))).await.unwrap_err();
+        refused("ending an episode that is not running", wrong_end, Code::FailedPrecondition);
+        assert_eq!(report(&mut client).await, running, "episode {episode}: retries and refusals changed nothing");
+
+        let mut state = env.start;
+        for step in 0..20 {
+            let action = client.act(act(step, state)).await.unwrap().into_inner().action as usize;
+            assert_eq!(action, local.action(step, state).unwrap(), "episode {episode}, step {step}");
+            let (reward, next) = transition(&env, &mut rng, state, action);
+            let request = observe(step, state, action, reward, next);
+            let steps = client.observe(request.clone()).await.unwrap().into_inner().steps;
+            local.observe(step, state, action, reward, next).unwrap();
+            if step % 7 == 3 {
+                if episode == 4 && step == 10 {
+                    server.stop().await.unwrap();
+                    server = TestServer::start_with(dir.path(), vec![], Limits::default()).await;
+                    client = episodes(&server).await;
+                }
+                let before = report(&mut client).await;
+                let again = client.observe(request.clone()).await.unwrap().into_inner().steps;
+                assert_eq!(again, steps, "episode {episode}, step {step}: a retried observe");
+                let changed = pb::ObserveRequest { reward: Some(1.0 - reward), ..request.clone() };
+                let clash = client.observe(changed).await.unwrap_err();
+                refused("a different transition for an observed step", clash, Code::AlreadyExists);
+                let older = pb::ObserveRequest { step: step as u32 - 1, ..request };
+                let stale = client.observe(older).await.unwrap_err();
+                refused("a transition for an earlier step", stale, Code::FailedPrecondition);
+                assert_eq!(report(&mut client).await, before, "step {step}: retries and refusals changed nothing");
+            }
+            state = next;
+        }
+        let summary = client.end_episode(end(Some(episode))).await.unwrap().into_inner();
+        let expected = local.end_episode().unwrap();
+        assert_eq!(summary.episode_return.to_bits(), expected.episode_return.to_bits());
+        let ended = report(&mut client).await;
+        assert_eq!(client.end_episode(end(Some(episode))).await.unwrap().into_inner(), summary, "a retried end");
+        let unnamed = client.end_episode(end(None)).await.unwrap_err();
+        refused("an unnamed second end", unnamed, Code::FailedPrecondition);
+        let stale = client.start_episode(start(Some(episode))).await.unwrap_err();
+        refused("starting an episode that has ended", stale, Code::FailedPrecondition);
+        assert_eq!(report(&mut client).await, ended, "episode {episode}: retries after the end changed nothing");
+    }
+    let stats = local.stats();
+    let last = report(&mut client).await;
+    assert_eq!(
+        (last.episodes, last.learner_episodes, last.steps),
+        (stats.episodes, stats.learner_episodes, stats.steps)
+    );
+    server.stop().await.unwrap();
 }

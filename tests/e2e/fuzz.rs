@@ -171,7 +171,10 @@ fn fuzzed_requests_never_break_the_service_and_rejections_change_nothing() {
             .create_episodic_experiment(pb::CreateEpisodicExperimentRequest { id: "r".into(), spec: Some(spec) })
             .await
             .unwrap();
-        episodes.start_episode(pb::StartEpisodeRequest { experiment_id: "r".into() }).await.unwrap();
+        episodes
+            .start_episode(pb::StartEpisodeRequest { experiment_id: "r".into(), ..Default::default() })
+            .await
+            .unwrap();
         let clients = Clients { admin, decisions: server.decisions().await, episodes };
         (server, std::cell::RefCell::new(clients))
     });

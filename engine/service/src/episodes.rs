@@ -5,7 +5,9 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use safebet_engine::{Driver, EngineError, EpisodicConfig, EpisodicLearner, RlAlgorithm, StartState};
+use safebet_engine::{
+    Driver, EngineError, EpisodePlan, EpisodeSummary, EpisodicConfig, EpisodicLearner, RlAlgorithm, StartState,
+};
 use safebet_proto as pb;
 use serde::{Deserialize, Serialize};
 use tonic::{Request, Response, Status};
@@ -32,12 +34,141 @@ struct EpisodicState {
     learner: EpisodicLearner,
     /// Position in the experiment's history (the log's sequence).
     sequence: u64,
+    /// The answers to the latest start, step and end (rebuilt from the log like the learner).
+    #[serde(default)]
+    last: LastAnswers,
     #[serde(skip)]
     deleted: bool,
     #[serde(skip)]
     revision: u64,
     #[serde(skip)]
     flushed_revision: u64,
+}
+
+/// The answers to the latest start, transition and end of an episode, kept so that a call retried after its
+/// answer was lost (a timeout, a dropped connection, a server restart) gets that answer again instead of an
+/// error: a client cannot tell whether a call it never heard back from was applied.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct LastAnswers {
+    /// The plan of the running episode, or of the latest one.
+    plan: Option<EpisodePlan>,
+    /// The running episode's latest transition and the step count answered for it.
+    step: Option<(StepRecord, u64)>,
+    /// The summary of the latest ended episode.
+    summary: Option<EpisodeSummary>,
+}
+
+/// What a call did: changed the experiment (and is logged as `entry`), or repeated the latest change.
+enum Outcome<T> {
+    Applied(T, LogEntry),
+    Repeated(T),
+}
+
+impl EpisodicState {
+    /// The number of the running episode, if one is running.
+    fn running_episode(&self) -> Option<u64> {
+        self.learner.active_policy().map(|_| self.learner.stats().episodes - 1)
+    }
+
+    fn started(&mut self) -> Result<EpisodePlan, EngineError> {
+        let plan = self.learner.start_episode()?;
+        self.last.plan = Some(plan);
+        self.last.step = None;
+        Ok(plan)
+    }
+
+    fn stepped(&mut self, s: StepRecord) -> Result<u64, EngineError> {
+        self.learner.observe(s.step, s.state, s.action, s.reward, s.next_state)?;
+        let steps = self.learner.stats().steps;
+        self.last.step = Some((s, steps));
+        Ok(steps)
+    }
+
+    fn ended(&mut self) -> Result<EpisodeSummary, EngineError> {
+        let summary = self.learner.end_episode()?;
+        self.last.summary = Some(summary);
+        self.last.step = None;
+        Ok(summary)
+    }
+
+    /// Starts the next episode. With `episode` (the number the caller means to start), a retry while that
+    /// episode runs returns its plan; any other number is refused.
+    fn start(&mut self, episode: Option<u64>) -> Result<Outcome<EpisodePlan>, ServiceError> {
+        if let Some(wanted) = episode {
+            match (self.running_episode(), self.last.plan) {
+                (Some(running), Some(plan)) if running == wanted && plan.episode == wanted => {
+                    return Ok(Outcome::Repeated(plan));
+                }
+                (Some(running), _) => {
+                    return Err(ServiceError::FailedPrecondition(format!(
+                        "episode {wanted} cannot start: episode {running} is running (end it first)"
+                    )));
+                }
+                (None, _) => {
+                    let next = self.learner.stats().episodes;
+                    if wanted != next {
+                        return Err(ServiceError::FailedPrecondition(format!(
+                            "episode {wanted} cannot start: the next episode is {next}"
+                        )));
+                    }
+                }
+            }
+        }
+        let plan = self.started().map_err(|e| ServiceError::engine("episode start", e))?;
+        let record = EpisodeStartRecord { episode: plan.episode, learner_drives: plan.driver == Driver::Learner };
+        Ok(Outcome::Applied(plan, LogEntry::EpisodeStart(record)))
+    }
+
+    /// Learns from one transition. The running episode's latest transition sent again is a retry: the same
+    /// values get the same answer, different ones are refused (that step is already learned from).
+    fn observe(&mut self, step: StepRecord) -> Result<Outcome<u64>, ServiceError> {
+        if let (Some(episode), Some((last, steps))) = (self.running_episode(), self.last.step)
+            && last.step == step.step
+        {
+            if last == step {
+                return Ok(Outcome::Repeated(steps));
+            }
+            return Err(ServiceError::AlreadyExists(format!(
+                "step {} of episode {episode} was already observed as state {}, action {}, reward {}, next state \
+                 {}; this call reports state {}, action {}, reward {}, next state {}",
+                last.step,
+                last.state,
+                last.action,
+                last.reward,
+                last.next_state,
+                step.state,
+                step.action,
+                step.reward,
+                step.next_state
+            )));
+        }
+        let steps = self.stepped(step).map_err(|e| ServiceError::engine("observe", e))?;
+        Ok(Outcome::Applied(steps, LogEntry::Step(step)))
+    }
+
+    /// Ends the running episode. With `episode`, a retry after that episode ended returns its summary; a
+    /// number that is not the running episode is refused.
+    fn end(&mut self, episode: Option<u64>) -> Result<Outcome<EpisodeSummary>, ServiceError> {
+        if let Some(wanted) = episode {
+            match (self.running_episode(), self.last.summary) {
+                (None, Some(summary)) if summary.episode == wanted => return Ok(Outcome::Repeated(summary)),
+                (Some(running), _) if running == wanted => {}
+                (Some(running), _) => {
+                    return Err(ServiceError::FailedPrecondition(format!(
+                        "episode {wanted} cannot end: the running episode is {running}"
+                    )));
+                }
+                (None, _) => {
+                    return Err(ServiceError::FailedPrecondition(format!(
+                        "episode {wanted} cannot end: no episode is running and the latest ended one is {}",
+                        self.last.summary.map_or("none".to_string(), |s| s.episode.to_string())
+                    )));
+                }
+            }
+        }
+        let summary = self.ended().map_err(|e| ServiceError::engine("episode end", e))?;
+        Ok(Outcome::Applied(summary, LogEntry::EpisodeEnd { episode: summary.episode }))
+    }
 }
 
 fn engine_error(id: &str, error: EngineError) -> ServiceError {
@@ -48,7 +179,14 @@ impl EpisodicExperiment {
     /// A fresh experiment.
     pub fn new(id: String, config: EpisodicConfig, writer: Option<Arc<LogWriter>>) -> Result<Self, ServiceError> {
         let learner = EpisodicLearner::new(config).map_err(|e| engine_error(&id, e))?;
-        let state = EpisodicState { learner, sequence: 0, deleted: false, revision: 0, flushed_revision: 0 };
+        let state = EpisodicState {
+            learner,
+            sequence: 0,
+            last: LastAnswers::default(),
+            deleted: false,
+            revision: 0,
+            flushed_revision: 0,
+        };
         Ok(EpisodicExperiment { id, state: Mutex::new(state), writer })
     }
 
@@ -86,11 +224,11 @@ impl EpisodicExperiment {
         ServiceError::NotFound(format!("unknown episodic experiment '{}' (deleted)", self.id))
     }
 
-    /// Runs `change` on the state; on success advances the sequence and logs `entry(result)`.
+    /// Runs `change` on the state; a change advances the sequence and logs its entry, a repeat waits (through
+    /// its commit) for the first answer to be durable.
     fn apply<T>(
         &self,
-        change: impl FnOnce(&mut EpisodicLearner) -> Result<T, EngineError>,
-        entry: impl FnOnce(&T) -> LogEntry,
+        change: impl FnOnce(&mut EpisodicState) -> Result<Outcome<T>, ServiceError>,
     ) -> Result<(T, Commit), ServiceError> {
         let mut state = self.lock();
         if state.deleted {
@@ -99,7 +237,16 @@ impl EpisodicExperiment {
         if let Some(reason) = self.writer.as_ref().and_then(|w| w.failure()) {
             return Err(ServiceError::Unavailable(reason));
         }
-        let result = change(&mut state.learner).map_err(|e| engine_error(&self.id, e))?;
+        let in_context = |e: ServiceError| match e {
+            ServiceError::Engine { source, .. } => engine_error(&self.id, source),
+            other => other,
+        };
+        let (result, entry) = match change(&mut state).map_err(in_context)? {
+            Outcome::Repeated(answer) => {
+                return Ok((answer, self.writer.as_ref().map_or_else(Commit::done, |w| w.barrier())));
+            }
+            Outcome::Applied(answer, entry) => (answer, entry),
+        };
         state.sequence += 1;
         state.revision += 1;
         let commit = match &self.writer {
@@ -108,7 +255,7 @@ impl EpisodicExperiment {
                 experiment_id: self.id.clone(),
                 sequence: state.sequence,
                 unix_ms: now_unix_ms(),
-                entry: entry(&result),
+                entry,
             })),
         };
         Ok((result, commit))
@@ -170,17 +317,16 @@ fn replay(state: &mut EpisodicState, record: &LogRecord) -> Result<(), String> {
     let at = format!("replaying log record {}", record.sequence);
     match &record.entry {
         LogEntry::EpisodeStart(logged) => {
-            let plan = state.learner.start_episode().map_err(|e| format!("{at}: {e}"))?;
+            let plan = state.started().map_err(|e| format!("{at}: {e}"))?;
             if plan.episode != logged.episode || (plan.driver == Driver::Learner) != logged.learner_drives {
                 return Err(format!("{at}: the learner started episode {} differently than logged", plan.episode));
             }
         }
-        LogEntry::Step(s) => state
-            .learner
-            .observe(s.step, s.state, s.action, s.reward, s.next_state)
-            .map_err(|e| format!("{at}: {e}"))?,
+        LogEntry::Step(s) => {
+            state.stepped(*s).map_err(|e| format!("{at}: {e}"))?;
+        }
         LogEntry::EpisodeEnd { .. } => {
-            state.learner.end_episode().map_err(|e| format!("{at}: {e}"))?;
+            state.ended().map_err(|e| format!("{at}: {e}"))?;
         }
         other => return Err(format!("{at}: a {} record in an episodic experiment's log", other.kind())),
     }
@@ -326,17 +472,9 @@ impl pb::episode_service_server::EpisodeService for EpisodeApi {
         request: Request<pb::StartEpisodeRequest>,
     ) -> Result<Response<pb::EpisodePlan>, Status> {
         principal(&request).check(Role::Decide, &request.get_ref().experiment_id)?;
-        let experiment = self.experiment(&request.into_inner().experiment_id)?;
-        let plan = durable(experiment.apply(
-            |learner| learner.start_episode(),
-            |plan| {
-                LogEntry::EpisodeStart(EpisodeStartRecord {
-                    episode: plan.episode,
-                    learner_drives: plan.driver == Driver::Learner,
-                })
-            },
-        ))
-        .await?;
+        let request = request.into_inner();
+        let experiment = self.experiment(&request.experiment_id)?;
+        let plan = durable(experiment.apply(|state| state.start(request.episode))).await?;
         Ok(Response::new(pb::EpisodePlan {
             episode: plan.episode,
             driver: driver(plan.driver),
@@ -376,14 +514,7 @@ impl pb::episode_service_server::EpisodeService for EpisodeApi {
             reward,
             next_state: request.next_state as usize,
         };
-        let steps = durable(experiment.apply(
-            |learner| {
-                learner.observe(step.step, step.state, step.action, step.reward, step.next_state)?;
-                Ok(learner.stats().steps)
-            },
-            |_| LogEntry::Step(step),
-        ))
-        .await?;
+        let steps = durable(experiment.apply(|state| state.observe(step))).await?;
         Ok(Response::new(pb::ObserveResponse { steps }))
     }
 
@@ -392,10 +523,9 @@ impl pb::episode_service_server::EpisodeService for EpisodeApi {
         request: Request<pb::EndEpisodeRequest>,
     ) -> Result<Response<pb::EpisodeSummary>, Status> {
         principal(&request).check(Role::Decide, &request.get_ref().experiment_id)?;
-        let experiment = self.experiment(&request.into_inner().experiment_id)?;
-        let summary =
-            durable(experiment.apply(|learner| learner.end_episode(), |s| LogEntry::EpisodeEnd { episode: s.episode }))
-                .await?;
+        let request = request.into_inner();
+        let experiment = self.experiment(&request.experiment_id)?;
+        let summary = durable(experiment.apply(|state| state.end(request.episode))).await?;
         Ok(Response::new(pb::EpisodeSummary {
             episode: summary.episode,
             driver: driver(summary.driver),
