@@ -52,7 +52,8 @@ pub struct ServeArgs {
     /// latest snapshot; `safebet log` exports only what is kept).
     #[arg(long)]
     compact_log: bool,
-    /// TOML file declaring experiments (`[[experiment]]` tables); created at start if not stored yet.
+    /// TOML file declaring experiments: bandits (`[[experiment]]` tables) and episodic RL (`[[episodic]]`);
+    /// each is created at start if not stored yet (a stored one keeps its state).
     #[arg(long)]
     experiments: Option<PathBuf>,
     /// Seconds between snapshots of changed experiments (they are also written at shutdown).
@@ -68,8 +69,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         )
         .init();
     let declared = match &args.experiments {
-        Some(path) => ExperimentsFile::read(path)?.experiment,
-        None => Vec::new(),
+        Some(path) => ExperimentsFile::read(path)?,
+        None => ExperimentsFile::default(),
     };
     let store: Arc<dyn Store> = match args.store {
         StoreKind::Sqlite => Arc::new(
@@ -87,7 +88,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         (None, Ok(text)) if !text.trim().is_empty() => Keys::parse_env(&text).context("reading SAFEBET_API_KEYS")?,
         _ => Keys::none(),
     };
-    options.declared = declared;
+    options.declared = declared.experiment;
+    options.declared_episodic = declared.episodic;
     options.compact_log = args.compact_log;
     options.metrics_listen = args.metrics_listen;
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {

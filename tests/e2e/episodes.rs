@@ -399,3 +399,102 @@ async fn retried_episode_calls_get_their_first_answer_and_change_nothing() {
     );
     server.stop().await.unwrap();
 }
+
+/// The learner of `river()` as an `[[episodic]]` table of an experiments file.
+fn declared_river(config: &EpisodicConfig) -> String {
+    let StartState::Fixed { state } = config.start else { unreachable!("river starts in a fixed state") };
+    format!(
+        "[[episodic]]\nid = \"river\"\n[episodic.learner]\nalgorithm = \"conservative_ucbvi\"\nstates = {}\n\
+         actions = {}\nhorizon = {}\nstart = {{ kind = \"fixed\", state = {state} }}\nbaseline_policy = {:?}\n\
+         baseline_value = {:?}\nalpha = {:?}\n",
+        config.states,
+        config.actions,
+        config.horizon,
+        config.baseline_policy,
+        config.baseline_value.unwrap(),
+        config.alpha
+    )
+}
+
+/// `safebet serve --experiments FILE` creates the episodic experiments the file declares, exactly as the API
+/// would; a restart with a changed declaration keeps the stored learner and its history; a declaration the
+/// service would refuse over the API stops the server before it serves, with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn episodic_experiments_declared_in_the_experiments_file() {
+    use crate::durability::{connect, spawn_server};
+
+    let (env, config, spec) = river();
+    let mut local = EpisodicLearner::new(config.clone()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let experiments = dir.path().join("experiments.toml");
+    std::fs::write(&experiments, declared_river(&config)).unwrap();
+    let data = dir.path().join("data");
+
+    let (mut child, address, _drain) = spawn_server(&data, &experiments);
+    let mut client = EpisodeServiceClient::new(connect(&address).await);
+    let taken = client
+        .create_episodic_experiment(pb::CreateEpisodicExperimentRequest { id: "river".into(), spec: Some(spec) })
+        .await
+        .unwrap_err();
+    assert_eq!(taken.code(), Code::AlreadyExists, "the declared experiment exists: {taken:?}");
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(5);
+    for episode in 0..2u64 {
+        let plan = client.start_episode(start(Some(episode))).await.unwrap().into_inner();
+        let expected = local.start_episode().unwrap();
+        assert_eq!((plan.episode, plan.margin), (expected.episode, expected.margin), "the declared learner");
+        let mut state = env.start;
+        for step in 0..20 {
+            let action = client.act(act(step, state)).await.unwrap().into_inner().action as usize;
+            assert_eq!(action, local.action(step, state).unwrap(), "episode {episode}, step {step}");
+            let (reward, next) = transition(&env, &mut rng, state, action);
+            client.observe(observe(step, state, action, reward, next)).await.unwrap();
+            local.observe(step, state, action, reward, next).unwrap();
+            state = next;
+        }
+        client.end_episode(end(Some(episode))).await.unwrap();
+        local.end_episode().unwrap();
+    }
+    child.kill_9();
+
+    // A changed declaration does not reset the stored learner.
+    let changed = declared_river(&EpisodicConfig { alpha: 0.05, ..config.clone() });
+    std::fs::write(&experiments, changed).unwrap();
+    let (mut child, address, _drain) = spawn_server(&data, &experiments);
+    let mut client = EpisodeServiceClient::new(connect(&address).await);
+    let report = client
+        .get_episodic_report(pb::GetEpisodicReportRequest { experiment_id: "river".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((report.episodes, report.steps), (2, 40), "the stored history is kept");
+    let plan = client.start_episode(start(Some(2))).await.unwrap().into_inner();
+    assert_eq!(plan.margin, local.start_episode().unwrap().margin, "the stored learner (alpha 0.5) goes on");
+    child.kill_9();
+
+    // Declarations the API would refuse: the server stops before serving and says why.
+    let bad_declarations = [
+        (declared_river(&config).replace("horizon = 20", "horizon = 0"), "horizon"),
+        (declared_river(&config).replace("id = \"river\"", "id = \"a b\""), "a b"),
+        (
+            declared_river(&EpisodicConfig { states: 2000, baseline_policy: vec![0; 2000], ..config.clone() }),
+            "planning",
+        ),
+        (format!("{}\n{}", declared_river(&config), declared_river(&config)), "declared twice"),
+    ];
+    for (text, reason) in bad_declarations {
+        std::fs::write(&experiments, &text).unwrap();
+        let fresh = dir.path().join(format!("fresh-{}", reason.len()));
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_safebet"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&fresh)
+            .arg("--experiments")
+            .arg(&experiments)
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap();
+        let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        assert!(!output.status.success(), "{reason}: the server refused to start ({said})");
+        assert!(said.contains(reason), "{reason}: the error says why: {said}");
+        assert!(!said.contains("safebet serving"), "{reason}: nothing was served");
+    }
+}

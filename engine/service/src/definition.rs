@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::path::Path;
 
 use safebet_engine::{
-    Algorithm, BaselineReward, Constraint, DriftGuardConfig, Layout, PendingResolution, PolicyConfig,
+    Algorithm, BaselineReward, Constraint, DriftGuardConfig, EpisodicConfig, Layout, PendingResolution, PolicyConfig,
 };
 use safebet_proto as pb;
 use serde::{Deserialize, Serialize};
@@ -36,20 +36,46 @@ pub struct ExperimentDef {
     pub created_unix_ms: i64,
 }
 
-/// The experiments file given to `safebet serve --experiments FILE`:
+/// An episodic (RL) experiment declared in an experiments file.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EpisodicDef {
+    /// 1 to 128 characters from `[A-Za-z0-9._-]`, unique across bandit and episodic experiments.
+    pub id: String,
+    /// The learner: algorithm, states, actions, horizon, start, baseline policy, alpha, ...
+    pub learner: EpisodicConfig,
+}
+
+/// The experiments file given to `safebet serve --experiments FILE`: bandit experiments (`[[experiment]]`)
+/// and episodic RL ones (`[[episodic]]`):
 ///
 /// ```toml
 /// [[experiment]]
 /// id = "homepage"
 /// reward_timeout_ms = 60000
 /// policy = { algorithm = "clucb2", layout = { kind = "shared", dim = 32 }, alpha = 0.05 }
+///
+/// [[episodic]]
+/// id = "onboarding"
+/// [episodic.learner]
+/// algorithm = "conservative_ucbvi"
+/// states = 6
+/// actions = 2
+/// horizon = 20
+/// start = { kind = "fixed", state = 0 }
+/// baseline_policy = [0, 0, 0, 0, 0, 0]
+/// baseline_value = 0.1
+/// alpha = 0.2
 /// ```
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExperimentsFile {
-    /// The declared experiments.
+    /// The declared bandit experiments.
     #[serde(default)]
     pub experiment: Vec<ExperimentDef>,
+    /// The declared episodic experiments.
+    #[serde(default)]
+    pub episodic: Vec<EpisodicDef>,
 }
 
 impl ExperimentsFile {
@@ -58,11 +84,10 @@ impl ExperimentsFile {
         let file: ExperimentsFile =
             toml::from_str(text).map_err(|e| ServiceError::InvalidArgument(format!("experiments file: {e}")))?;
         let mut seen = HashSet::new();
-        for def in &file.experiment {
-            if !seen.insert(def.id.as_str()) {
+        for id in file.experiment.iter().map(|d| &d.id).chain(file.episodic.iter().map(|d| &d.id)) {
+            if !seen.insert(id.as_str()) {
                 return Err(ServiceError::InvalidArgument(format!(
-                    "experiments file: experiment id '{}' is declared twice",
-                    def.id
+                    "experiments file: experiment id '{id}' is declared twice"
                 )));
             }
         }
@@ -380,6 +405,47 @@ mod tests {
             "{text}\n[[experiment]]\nid = \"arms\"\npolicy = {{ algorithm = \"ucb1\", layout = {{ kind = \"arms\", actions = 2 }} }}\n"
         );
         assert!(ExperimentsFile::parse(&twice).unwrap_err().to_string().contains("declared twice"));
+    }
+
+    #[test]
+    fn the_readme_experiments_file_is_valid() {
+        let readme = include_str!("../../../README.md");
+        let start = readme.find("```toml\n[[experiment]]").expect("the README shows an experiments file") + 7;
+        let text = &readme[start..start + readme[start..].find("```").unwrap()];
+        let file = ExperimentsFile::parse(text).unwrap();
+        assert_eq!((file.experiment.len(), file.episodic.len()), (1, 1));
+        file.experiment[0].check(&Limits::default()).unwrap();
+        crate::check_episodic(&file.episodic[0].id, &file.episodic[0].learner).unwrap();
+    }
+
+    #[test]
+    fn experiments_file_declares_episodic_experiments() {
+        let river = r#"
+            [[episodic]]
+            id = "river"
+            [episodic.learner]
+            algorithm = "conservative_ucbvi"
+            states = 3
+            actions = 2
+            horizon = 4
+            start = { kind = "fixed", state = 0 }
+            baseline_policy = [0, 0, 0]
+            alpha = 0.2
+        "#;
+        let file = ExperimentsFile::parse(river).unwrap();
+        let learner = &file.episodic[0].learner;
+        assert_eq!((learner.states, learner.horizon, learner.alpha, learner.delta), (3, 4, 0.2, 0.05));
+        learner.validate().unwrap();
+        let clash = format!(
+            "{river}
+[[experiment]]
+id = \"river\"
+policy = {{ algorithm = \"ucb1\", layout = {{ kind = \"arms\", actions = 2 }} }}
+"
+        );
+        assert!(ExperimentsFile::parse(&clash).unwrap_err().to_string().contains("'river' is declared twice"));
+        let typo = river.replace("horizon", "horizn");
+        assert!(ExperimentsFile::parse(&typo).unwrap_err().to_string().contains("horizn"));
     }
 
     #[test]

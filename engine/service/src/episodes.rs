@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status};
 use crate::ServiceError;
 use crate::admin::blocking;
 use crate::auth::{Role, principal};
-use crate::definition::check_experiment_id;
+use crate::definition::{EpisodicDef, check_experiment_id};
 use crate::log::{EpisodeStartRecord, LogEntry, LogRecord, StepRecord};
 use crate::registry::{Registry, now_unix_ms};
 use crate::store::{Snapshot, Store, StoreError, StoredEpisodic, Write};
@@ -216,6 +216,11 @@ impl EpisodicExperiment {
         &self.id
     }
 
+    /// The learner's configuration.
+    pub fn config(&self) -> EpisodicConfig {
+        self.lock().learner.config().clone()
+    }
+
     fn lock(&self) -> MutexGuard<'_, EpisodicState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -405,6 +410,50 @@ fn driver(driver: Driver) -> i32 {
 /// H * S^2 * A, and must stay well under a second.
 const MAX_PLANNING_SIZE: u64 = 50_000_000;
 
+/// Checks an episodic experiment before it is created: its id, its configuration, and that planning an
+/// episode stays fast.
+pub fn check_episodic(id: &str, config: &EpisodicConfig) -> Result<(), ServiceError> {
+    check_experiment_id(id)?;
+    config.validate().map_err(|e| ServiceError::engine(format!("episodic experiment '{id}'"), e))?;
+    let size = config.states as u64 * config.states as u64 * config.actions as u64 * config.horizon as u64;
+    if size > MAX_PLANNING_SIZE {
+        return Err(ServiceError::ResourceExhausted(format!(
+            "episodic experiment '{id}': states^2 x actions x horizon = {size} is over the limit of \
+             {MAX_PLANNING_SIZE}: planning an episode would take too long"
+        )));
+    }
+    Ok(())
+}
+
+/// Creates a declared episodic experiment unless one with its id is stored (whose definition and state are
+/// kept: an experiments file never resets a learner).
+pub(crate) async fn declare_episodic(
+    registry: &Registry,
+    store: &Arc<dyn Store>,
+    declared: &EpisodicDef,
+) -> Result<(), ServiceError> {
+    check_episodic(&declared.id, &declared.learner)?;
+    if let Ok(existing) = registry.episodic(&declared.id) {
+        if existing.config() != declared.learner {
+            tracing::warn!(
+                experiment = %declared.id,
+                "the experiments file declares this episodic experiment differently from the stored one; the \
+                 stored definition and state are kept (delete the experiment to start it anew)"
+            );
+        }
+        return Ok(());
+    }
+    registry.check_insert(&declared.id)?;
+    let experiment =
+        Arc::new(EpisodicExperiment::new(declared.id.clone(), declared.learner.clone(), registry.writer().cloned())?);
+    let json = serde_json::to_string(&declared.learner).map_err(|e| ServiceError::InvalidArgument(e.to_string()))?;
+    let id = declared.id.clone();
+    blocking(store, move |store| store.save_episodic(&id, &json)).await?;
+    registry.insert_episodic(experiment)?;
+    tracing::info!(experiment = %declared.id, "declared episodic experiment created");
+    Ok(())
+}
+
 /// Serves `safebet.v1.EpisodeService`.
 pub struct EpisodeApi {
     registry: Arc<Registry>,
@@ -447,14 +496,7 @@ impl pb::episode_service_server::EpisodeService for EpisodeApi {
         check_experiment_id(&request.id)?;
         let spec = request.spec.ok_or_else(|| ServiceError::InvalidArgument("spec is required".into()))?;
         let config = config_of(&spec)?;
-        let size = config.states as u64 * config.states as u64 * config.actions as u64 * config.horizon as u64;
-        if size > MAX_PLANNING_SIZE {
-            return Err(ServiceError::ResourceExhausted(format!(
-                "states^2 x actions x horizon = {size} is over the limit of {MAX_PLANNING_SIZE}: planning an \
-                 episode would take too long"
-            ))
-            .into());
-        }
+        check_episodic(&request.id, &config)?;
         let _changes = self.changes.lock().await;
         self.registry.check_insert(&request.id)?;
         let experiment =

@@ -17,8 +17,8 @@ use crate::ServiceError;
 use crate::admin::{AdminApi, blocking, now_unix_ms};
 use crate::auth::Keys;
 use crate::decision::DecisionApi;
-use crate::definition::ExperimentDef;
-use crate::episodes::{EpisodeApi, EpisodicExperiment};
+use crate::definition::{EpisodicDef, ExperimentDef};
+use crate::episodes::{EpisodeApi, EpisodicExperiment, declare_episodic};
 use crate::limits::Limits;
 use crate::registry::Registry;
 use crate::store::{Store, StoreError, Write};
@@ -76,6 +76,8 @@ pub struct ServeOptions {
     /// Experiments declared in an experiments file: created if absent from the store; a stored experiment of
     /// the same id keeps its stored state (a differing declaration is logged and ignored).
     pub declared: Vec<ExperimentDef>,
+    /// Episodic experiments declared in an experiments file, kept the same way.
+    pub declared_episodic: Vec<EpisodicDef>,
     /// Per-request and per-experiment limits.
     pub limits: Limits,
     /// How often changed experiments are snapshotted to the store (also done at graceful shutdown).
@@ -100,6 +102,7 @@ impl ServeOptions {
         ServeOptions {
             store,
             declared: Vec::new(),
+            declared_episodic: Vec::new(),
             limits: Limits::default(),
             snapshot_interval: Duration::from_secs(30),
             timeout_check_interval: Duration::from_millis(50),
@@ -115,6 +118,7 @@ impl std::fmt::Debug for ServeOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ServeOptions")
             .field("declared", &self.declared.len())
+            .field("declared_episodic", &self.declared_episodic.len())
             .field("limits", &self.limits)
             .field("snapshot_interval", &self.snapshot_interval)
             .field("timeout_check_interval", &self.timeout_check_interval)
@@ -165,6 +169,9 @@ async fn load(options: &ServeOptions, writer: Option<Arc<LogWriter>>) -> Result<
         blocking(&options.store, move |store| store.save_definition(&definition)).await?;
         registry.insert(experiment)?;
         tracing::info!(experiment = %declared.id, "declared experiment created");
+    }
+    for declared in &options.declared_episodic {
+        declare_episodic(&registry, &options.store, declared).await?;
     }
     Ok(registry)
 }
