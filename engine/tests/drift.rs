@@ -28,6 +28,16 @@ struct Outcome {
 }
 
 fn run(seed: u64, algorithm: Algorithm, guard: Option<DriftGuardConfig>, jump: bool) -> Outcome {
+    run_with_noise(seed, algorithm, guard, jump, false)
+}
+
+fn run_with_noise(
+    seed: u64,
+    algorithm: Algorithm,
+    guard: Option<DriftGuardConfig>,
+    jump: bool,
+    gaussian_noise: bool,
+) -> Outcome {
     let mut config = PolicyConfig::new(algorithm, Layout::Shared { dim: DIM });
     config.alpha = ALPHA;
     config.delta = 0.05;
@@ -37,8 +47,13 @@ fn run(seed: u64, algorithm: Algorithm, guard: Option<DriftGuardConfig>, jump: b
     config.baseline_reward = BaselineReward::Unknown;
     config.seed = seed;
     config.drift_guard = guard;
+    if gaussian_noise {
+        config.reward_range = [-1.0, 2.0];
+        config.mean_reward_range = Some([0.0, 1.0]);
+    }
     let mut policy = Policy::new(config).unwrap();
     let mut problem = LinearProblem::new(seed);
+    problem.gaussian_noise = gaussian_noise;
     let (mut learner_sum, mut baseline_sum) = (0.0, 0.0);
     let mut outcome = Outcome { alarm_at: None, first_violation: None, forced_after_jump: 0, jump_size: 0.0 };
     for t in 0..HORIZON {
@@ -86,10 +101,30 @@ fn the_guard_stays_quiet_while_the_world_is_stationary() {
 }
 
 #[test]
+fn the_guard_stays_quiet_under_gaussian_noise_at_the_declared_scale() {
+    // Gaussian noise of standard deviation R is the worst R-sub-Gaussian noise for the guard: its squared
+    // standardised residuals are chi-square. The defaults are set for it; the earlier ones were not.
+    let alarms = |guard: DriftGuardConfig| {
+        (0..SEEDS)
+            .filter(|&seed| run_with_noise(seed, Algorithm::Clucb2, Some(guard), false, true).alarm_at.is_some())
+            .count()
+    };
+    let default = alarms(DriftGuardConfig::default());
+    let earlier = alarms(DriftGuardConfig { threshold: 20.0, allowance: 0.5, ..DriftGuardConfig::default() });
+    eprintln!(
+        "Gaussian noise, {HORIZON} stationary rounds: {default}/{SEEDS} false alarms, earlier defaults {earlier}"
+    );
+    assert_eq!(default, 0, "the default guard cried wolf under Gaussian noise");
+    assert!(earlier >= 20, "the earlier defaults should show the problem: {earlier}/{SEEDS}");
+}
+
+#[test]
 fn the_guard_detects_a_jump_quickly_and_keeps_the_constraint() {
-    // A jump of ||delta theta*|| moves an action's mean by up to that much; below ~0.3 the shift is within
+    // A jump of ||delta theta*|| moves an action's mean by up to that much; below ~0.35 the shift is close to
     // the noise (R = 0.1 per reward, |<x, delta>| ~ ||delta|| / 2 on average) and also harmless, so the test
     // asks for detection by size: what matters is that a material jump is seen within a few dozen rewards.
+    // The default threshold is set for Gaussian noise (0.5% false alarms in a million rewards); with this
+    // problem's bounded noise a lower one would detect faster at no cost (drift.rs says why).
     let guarded = runs(Algorithm::Clucb2, Some(DriftGuardConfig::default()), true);
     let mut delays: Vec<u64> = Vec::new();
     for (seed, outcome) in guarded.iter().enumerate() {
@@ -98,18 +133,18 @@ fn the_guard_detects_a_jump_quickly_and_keeps_the_constraint() {
             "seed {seed}: the guarded policy broke the constraint after the jump"
         );
         let Some(at) = outcome.alarm_at else {
-            assert!(outcome.jump_size < 0.3, "seed {seed}: a jump of {:.3} went unnoticed", outcome.jump_size);
+            assert!(outcome.jump_size < 0.35, "seed {seed}: a jump of {:.3} went unnoticed", outcome.jump_size);
             continue;
         };
         assert!(at > JUMP_AT as u64, "seed {seed}: alarm at reward {at}, before the jump");
         let delay = at - JUMP_AT as u64;
         delays.push(delay);
         let allowed = if outcome.jump_size >= 0.5 {
-            10
+            25
         } else if outcome.jump_size >= 0.35 {
-            30
+            120
         } else {
-            250
+            500
         };
         assert!(
             delay <= allowed,
@@ -129,7 +164,7 @@ fn the_guard_detects_a_jump_quickly_and_keeps_the_constraint() {
         delays[delays.len() * 9 / 10],
         delays[delays.len() - 1]
     );
-    assert!(delays.len() >= 90, "only {} of {SEEDS} jumps detected", delays.len());
+    assert!(delays.len() >= 85, "only {} of {SEEDS} jumps detected", delays.len());
 }
 
 #[test]

@@ -29,6 +29,13 @@ pub fn run(args: ValidateArgs) -> anyhow::Result<()> {
     };
     Policy::new(config.clone()).with_context(|| format!("{} is rejected", args.file.display()))?;
     println!("{}", toml::to_string_pretty(&config)?);
+    if let Some(guard) = config.drift_guard {
+        eprintln!(
+            "note: drift guard: a false alarm within 1,000,000 rewards has probability at most {:.2e} for any \
+             noise within noise_scale (sub-Gaussian, Gaussian included)",
+            guard.false_alarm_bound(1_000_000)
+        );
+    }
     if !config.algorithm.is_conservative() {
         eprintln!(
             "note: {} is unconstrained: it gives no baseline-safety guarantee. Use clucb, clucb2 or conservative_ucb.",

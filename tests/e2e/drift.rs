@@ -17,7 +17,7 @@ async fn a_changed_world_raises_the_alarm_falls_back_and_resume_clears_it() {
     spec.drift_guard = Some(pb::DriftGuard { threshold: Some(20.0), ..Default::default() });
     let created = create(&mut admin, "drifting", spec).await;
     let guard = created.spec.unwrap().drift_guard.expect("the guard is part of the spec");
-    assert_eq!((guard.allowance, guard.warmup, guard.cap), (Some(0.5), Some(50), Some(16.0)), "defaults filled in");
+    assert_eq!((guard.allowance, guard.warmup, guard.cap), (Some(1.0), Some(50), Some(16.0)), "defaults filled in");
 
     let mut problem = LinearProblem::new(4, 5, 3);
     let play = async |d: &mut pb::decision_service_client::DecisionServiceClient<_>,

@@ -18,6 +18,9 @@ pub struct LinearProblem {
     rng: Xoshiro256PlusPlus,
     pub features: Vec<f64>,
     pub means: Vec<f64>,
+    /// Reward noise N(0, NOISE^2) instead of U(-NOISE, NOISE): the worst NOISE-sub-Gaussian case, rewards
+    /// then leave [0, 1] now and then.
+    pub gaussian_noise: bool,
 }
 
 impl LinearProblem {
@@ -29,7 +32,13 @@ impl LinearProblem {
         for i in 1..DIM {
             theta[i] = 0.4 * direction[i - 1];
         }
-        LinearProblem { theta, rng, features: vec![0.0; DIM * ACTIONS], means: vec![0.0; ACTIONS] }
+        LinearProblem {
+            theta,
+            rng,
+            features: vec![0.0; DIM * ACTIONS],
+            means: vec![0.0; ACTIONS],
+            gaussian_noise: false,
+        }
     }
 
     /// Draws a round; returns the baseline (0.9-quantile action) index.
@@ -50,6 +59,10 @@ impl LinearProblem {
     }
 
     pub fn reward(&mut self, action: usize) -> f64 {
+        if self.gaussian_noise {
+            let z: f64 = StandardNormal.sample(&mut self.rng);
+            return self.means[action] + NOISE * z;
+        }
         self.means[action] + self.rng.random_range(-NOISE..NOISE)
     }
 
