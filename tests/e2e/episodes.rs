@@ -21,6 +21,15 @@ fn act(step: usize, state: usize) -> pb::ActRequest {
     pb::ActRequest { experiment_id: "river".into(), step: step as u32, state: state as u32 }
 }
 
+/// The report of "river".
+async fn report(client: &mut EpisodeServiceClient<Channel>) -> pb::EpisodicReport {
+    client
+        .get_episodic_report(pb::GetEpisodicReportRequest { experiment_id: "river".into() })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 /// Starts an episode of "river", naming it or not.
 fn start(episode: Option<u64>) -> pb::StartEpisodeRequest {
     pb::StartEpisodeRequest { experiment_id: "river".into(), episode }
@@ -128,11 +137,7 @@ async fn episodes_over_grpc_equal_the_engine_and_survive_a_restart_mid_episode()
                 server.stop().await.unwrap();
                 server = TestServer::start_with(dir.path(), vec![], Limits::default()).await;
                 client = episodes(&server).await;
-                let report = client
-                    .get_episodic_report(pb::GetEpisodicReportRequest { experiment_id: "river".into() })
-                    .await
-                    .unwrap()
-                    .into_inner();
+                let report = report(&mut client).await;
                 assert!(report.episode_running, "the episode is still running after the restart");
                 assert_eq!(report.episodes, 26);
             }
@@ -147,11 +152,7 @@ async fn episodes_over_grpc_equal_the_engine_and_survive_a_restart_mid_episode()
         let expected = local.end_episode().unwrap();
         assert_eq!(summary.episode_return.to_bits(), expected.episode_return.to_bits());
     }
-    let report = client
-        .get_episodic_report(pb::GetEpisodicReportRequest { experiment_id: "river".into() })
-        .await
-        .unwrap()
-        .into_inner();
+    let report = report(&mut client).await;
     let stats = local.stats();
     assert_eq!(
         (report.episodes, report.learner_episodes, report.steps),
@@ -187,13 +188,6 @@ async fn bad_episodic_calls_are_refused_and_change_nothing() {
     assert_eq!(client.create_episodic_experiment(create("x", bad)).await.unwrap_err().code(), Code::InvalidArgument);
     client.create_episodic_experiment(create("river", spec)).await.unwrap();
 
-    let report = async |client: &mut EpisodeServiceClient<Channel>| {
-        client
-            .get_episodic_report(pb::GetEpisodicReportRequest { experiment_id: "river".into() })
-            .await
-            .unwrap()
-            .into_inner()
-    };
     let before = report(&mut client).await;
     // Nothing is running yet.
     let not_started = client.act(act(0, 0)).await.unwrap_err();
@@ -270,11 +264,7 @@ async fn kill_9_mid_episode_continues_as_an_uninterrupted_learner() {
                 let (restarted, address, _) = spawn_server(&data, &experiments);
                 child = restarted;
                 client = EpisodeServiceClient::new(connect(&address).await);
-                let report = client
-                    .get_episodic_report(pb::GetEpisodicReportRequest { experiment_id: "river".into() })
-                    .await
-                    .unwrap()
-                    .into_inner();
+                let report = report(&mut client).await;
                 assert!(report.episode_running, "episode {episode} is still running after kill -9");
                 assert_eq!((report.episodes, report.steps), (episode + 1, local.stats().steps));
                 // A client that never heard back from its last calls sends them again: same answers, and the
@@ -321,13 +311,6 @@ async fn retried_episode_calls_get_their_first_answer_and_change_nothing() {
         .create_episodic_experiment(pb::CreateEpisodicExperimentRequest { id: "river".into(), spec: Some(spec) })
         .await
         .unwrap();
-    let report = async |client: &mut EpisodeServiceClient<Channel>| {
-        client
-            .get_episodic_report(pb::GetEpisodicReportRequest { experiment_id: "river".into() })
-            .await
-            .unwrap()
-            .into_inner()
-    };
 
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(3);
     for episode in 0..6u64 {
@@ -461,11 +444,7 @@ async fn episodic_experiments_declared_in_the_experiments_file() {
     std::fs::write(&experiments, changed).unwrap();
     let (mut child, address, _drain) = spawn_server(&data, &experiments);
     let mut client = EpisodeServiceClient::new(connect(&address).await);
-    let report = client
-        .get_episodic_report(pb::GetEpisodicReportRequest { experiment_id: "river".into() })
-        .await
-        .unwrap()
-        .into_inner();
+    let report = report(&mut client).await;
     assert_eq!((report.episodes, report.steps), (2, 40), "the stored history is kept");
     let plan = client.start_episode(start(Some(2))).await.unwrap().into_inner();
     assert_eq!(plan.margin, local.start_episode().unwrap().margin, "the stored learner (alpha 0.5) goes on");
