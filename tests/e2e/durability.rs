@@ -138,7 +138,7 @@ fn fresh_replay(store: &SqliteStore, experiment: &str) -> Experiment {
 }
 
 fn policy_of_state(state: &[u8]) -> serde_json::Value {
-    let value: serde_json::Value = serde_json::from_slice(state).unwrap();
+    let value: serde_json::Value = safebet_service::decode_state(state).unwrap();
     value["policy"].clone()
 }
 

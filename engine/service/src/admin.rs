@@ -15,7 +15,7 @@ use crate::auth::{Role, principal};
 use crate::definition::{ExperimentDef, check_experiment_id};
 use crate::log::{LogEntry, LogRecord};
 use crate::registry::{Experiment, Registry, Report, SavedState};
-use crate::store::{AuditEntry, Snapshot, Store, StoreError, StoredExperiment, Write};
+use crate::store::{AuditEntry, Snapshot, Store, StoreError, StoredExperiment, Write, encode_state};
 use crate::writer::Commit;
 
 /// The format tag of exported experiments.
@@ -126,13 +126,17 @@ impl AdminApi {
 
     async fn export(&self, id: &str) -> Result<pb::ExportModelResponse, ServiceError> {
         let experiment = self.experiment(id)?;
-        let (definition, snapshot) = experiment.export()?;
-        let state: serde_json::Value = serde_json::from_slice(&snapshot.state)
+        let (definition, state) = experiment.export()?;
+        // JSON, whatever the store keeps: an export is read by people and other tools.
+        #[derive(serde::Serialize)]
+        struct Exported<'a> {
+            format: &'a str,
+            definition: &'a ExperimentDef,
+            state: &'a SavedState,
+        }
+        let model = serde_json::to_vec(&Exported { format: EXPORT_FORMAT, definition: &definition, state: &state })
             .map_err(|e| ServiceError::FailedPrecondition(format!("exporting '{id}': {e}")))?;
-        let model = serde_json::json!({ "format": EXPORT_FORMAT, "definition": definition, "state": state });
-        let model = serde_json::to_vec(&model)
-            .map_err(|e| ServiceError::FailedPrecondition(format!("exporting '{id}': {e}")))?;
-        Ok(pb::ExportModelResponse { id: id.to_owned(), sequence: snapshot.sequence, model })
+        Ok(pb::ExportModelResponse { id: id.to_owned(), sequence: state.sequence, model })
     }
 
     async fn import(
@@ -167,11 +171,8 @@ impl AdminApi {
         {
             return Err(bad("the state's policy does not match the definition's".into()));
         }
-        let snapshot = Snapshot {
-            experiment_id: definition.id.clone(),
-            sequence: saved.sequence,
-            state: exported.state.get().as_bytes().to_vec(),
-        };
+        let snapshot =
+            Snapshot { experiment_id: definition.id.clone(), sequence: saved.sequence, state: encode_state(&saved) };
         let _changes = self.changes.lock().await;
         self.registry.check_insert(&definition.id)?;
         definition.created_unix_ms = now_unix_ms();

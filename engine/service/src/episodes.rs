@@ -18,7 +18,7 @@ use crate::auth::{Role, principal};
 use crate::definition::{EpisodicDef, check_experiment_id};
 use crate::log::{EpisodeStartRecord, LogEntry, LogRecord, StepRecord};
 use crate::registry::{Registry, now_unix_ms};
-use crate::store::{Snapshot, Store, StoreError, StoredEpisodic, Write};
+use crate::store::{Snapshot, Store, StoreError, StoredEpisodic, Write, decode_state, encode_state};
 use crate::writer::{Commit, LogWriter};
 
 /// One episodic experiment.
@@ -196,8 +196,7 @@ impl EpisodicExperiment {
         let config: EpisodicConfig = serde_json::from_str(&stored.config).map_err(|e| corrupt(e.to_string()))?;
         let experiment = match &stored.snapshot {
             Some(snapshot) => {
-                let state: EpisodicState =
-                    serde_json::from_slice(&snapshot.state).map_err(|e| corrupt(e.to_string()))?;
+                let state: EpisodicState = decode_state(&snapshot.state).map_err(corrupt)?;
                 EpisodicExperiment { id: stored.id.clone(), state: Mutex::new(state), writer }
             }
             None => EpisodicExperiment::new(stored.id.clone(), config, writer)?,
@@ -272,8 +271,9 @@ impl EpisodicExperiment {
         if state.deleted || (!force && state.revision == state.flushed_revision) {
             return None;
         }
-        let bytes = serde_json::to_vec(&state).expect("an episodic learner always serialises to JSON");
-        Some((Snapshot { experiment_id: self.id.clone(), sequence: state.sequence, state: bytes }, state.revision))
+        let snapshot =
+            Snapshot { experiment_id: self.id.clone(), sequence: state.sequence, state: encode_state(&state) };
+        Some((snapshot, state.revision))
     }
 
     /// Records that the snapshot of `revision` is stored.

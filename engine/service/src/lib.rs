@@ -60,6 +60,6 @@ pub use request_id::RequestIdLayer;
 pub use server::{ServeError, ServeOptions, TlsFiles, run};
 pub use store::{
     AuditEntry, DATABASE_FILE, DEFAULT_WAL_RESTART_FRAMES, MemoryStore, Snapshot, SqliteStore, Store, StoreError,
-    StoredEpisodic, StoredExperiment, Write,
+    StoredEpisodic, StoredExperiment, Write, decode_state, encode_state,
 };
 pub use writer::{Commit, CommitResult, LogWriter, WriterStats};

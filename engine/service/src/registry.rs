@@ -21,7 +21,7 @@ use crate::definition::ExperimentDef;
 use crate::episodes::EpisodicExperiment;
 use crate::limits::Limits;
 use crate::log::{DecisionRecord, LogEntry, LogRecord};
-use crate::store::{AuditEntry, Snapshot, StoreError, StoredExperiment, Write};
+use crate::store::{AuditEntry, Snapshot, StoreError, StoredExperiment, Write, decode_state, encode_state};
 use crate::writer::{Commit, LogWriter};
 
 /// All experiments, by id.
@@ -404,7 +404,7 @@ impl Experiment {
         let corrupt = |reason: String| ServiceError::Store(StoreError::Corrupt { id: definition.id.clone(), reason });
         let saved = match &stored.snapshot {
             Some(snapshot) => {
-                let saved: SavedState = serde_json::from_slice(&snapshot.state).map_err(|e| corrupt(e.to_string()))?;
+                let saved: SavedState = decode_state(&snapshot.state).map_err(corrupt)?;
                 saved
             }
             None => {
@@ -874,6 +874,14 @@ impl Experiment {
     /// A snapshot of the state if it changed since the last stored one (or always, with `force`), with the
     /// revision it includes. The lock is held only to clone; serialising happens outside it.
     pub fn snapshot(&self, force: bool) -> Option<(Snapshot, u64)> {
+        let (saved, revision) = self.saved_state(force)?;
+        let snapshot =
+            Snapshot { experiment_id: self.id.clone(), sequence: saved.sequence, state: encode_state(&saved) };
+        Some((snapshot, revision))
+    }
+
+    /// A copy of the state (see [`Experiment::snapshot`]).
+    fn saved_state(&self, force: bool) -> Option<(SavedState, u64)> {
         let (policy, sequence, known_baseline_sum, events, deadlines, revision) = {
             let state = self.lock();
             if state.deleted || (!force && state.revision == state.flushed_revision) {
@@ -888,13 +896,11 @@ impl Experiment {
                 .collect();
             (state.policy.clone(), state.sequence, state.known_baseline_sum, events, deadlines, state.revision)
         };
-        let saved = SavedState { sequence, known_baseline_sum, policy, events, deadlines };
-        let bytes = serde_json::to_vec(&saved).expect("an experiment's state always serialises to JSON");
-        Some((Snapshot { experiment_id: self.id.clone(), sequence, state: bytes }, revision))
+        Some((SavedState { sequence, known_baseline_sum, policy, events, deadlines }, revision))
     }
 
-    /// The definition and a snapshot of the state, taken under one lock (so they agree), for export.
-    pub fn export(&self) -> Result<(ExperimentDef, Snapshot), ServiceError> {
+    /// The definition and a copy of the state, for export.
+    pub(crate) fn export(&self) -> Result<(ExperimentDef, SavedState), ServiceError> {
         let definition = {
             let state = self.lock();
             if state.deleted {
@@ -902,14 +908,12 @@ impl Experiment {
             }
             state.definition.clone()
         };
-        // The snapshot takes the lock again; an alpha change in between shows in both the policy and, on
+        // The copy takes the lock again; an alpha change in between shows in both the policy and, on
         // import, is reconciled from the definition (whose alpha the rebuilt policy adopts).
-        let (snapshot, _) = self.snapshot(true).ok_or_else(|| self.gone())?;
+        let (saved, _) = self.saved_state(true).ok_or_else(|| self.gone())?;
         let mut definition = definition;
-        if let Ok(saved) = serde_json::from_slice::<SavedState>(&snapshot.state) {
-            definition.policy.alpha = saved.policy.config().alpha;
-        }
-        Ok((definition, snapshot))
+        definition.policy.alpha = saved.policy.config().alpha;
+        Ok((definition, saved))
     }
 
     /// Records that the snapshot of `revision` is stored.
@@ -1031,6 +1035,48 @@ mod tests {
                 assert_eq!(a, b, "{context}: diverged after the replay");
             }
         }
+    }
+
+    /// Snapshots stored as JSON (before MessagePack) still load, to the same state as the MessagePack
+    /// snapshot of the same moment, for every algorithm; the MessagePack one is smaller.
+    #[test]
+    fn json_snapshots_from_before_messagepack_still_load() {
+        for (algorithm, layout) in [
+            (Algorithm::Clucb, Layout::Shared { dim: 4 }),
+            (Algorithm::Clucb2, Layout::Disjoint { dim: 4, actions: 4 }),
+            (Algorithm::Lints, Layout::Shared { dim: 4 }),
+            (Algorithm::EpsilonGreedy, Layout::Shared { dim: 4 }),
+            (Algorithm::ConservativeUcb, Layout::Arms { actions: 4 }),
+        ] {
+            let def = definition(algorithm, layout);
+            let original = Experiment::new(def.clone(), &Limits::default(), None).unwrap();
+            drive(&original, 0, 40, 4, 4);
+            let (saved, _) = original.saved_state(true).unwrap();
+            let (packed, _) = original.snapshot(true).unwrap();
+            let json = Snapshot { state: serde_json::to_vec(&saved).unwrap(), ..packed.clone() };
+            assert!(
+                packed.state.len() < json.state.len(),
+                "{algorithm:?}: {} vs {}",
+                packed.state.len(),
+                json.state.len()
+            );
+            let load = |snapshot: Snapshot| {
+                let stored = StoredExperiment { definition: def.clone(), snapshot: Some(snapshot), log: vec![] };
+                Experiment::rebuild(&stored, &Limits::default(), Instant::now(), None).unwrap()
+            };
+            let (from_json, from_packed) = (load(json), load(packed));
+            assert_eq!(policy_json(&from_json), policy_json(&original), "{algorithm:?}");
+            assert_eq!(policy_json(&from_packed), policy_json(&original), "{algorithm:?}");
+            assert_eq!(drive(&from_json, 40, 20, 4, 4), drive(&from_packed, 40, 20, 4, 4), "{algorithm:?}");
+        }
+        let garbage = Snapshot { experiment_id: "e".into(), sequence: 1, state: b"SBm1\xff\x00".to_vec() };
+        let stored = StoredExperiment {
+            definition: definition(Algorithm::Clucb, Layout::Shared { dim: 4 }),
+            snapshot: Some(garbage),
+            log: vec![],
+        };
+        let error = Experiment::rebuild(&stored, &Limits::default(), Instant::now(), None).unwrap_err().to_string();
+        assert!(error.contains("MessagePack"), "{error}");
     }
 
     #[test]
