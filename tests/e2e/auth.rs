@@ -104,6 +104,15 @@ async fn call(channel: &Channel, rpc: &str, key: Option<&str>) -> Code {
                 .await
                 .map(drop),
         ),
+        "GetEpisodicExperiment" => code(
+            episodes
+                .get_episodic_experiment(with_key(pb::GetEpisodicExperimentRequest { experiment_id: id() }, key))
+                .await
+                .map(drop),
+        ),
+        "ListEpisodicExperiments" => code(
+            episodes.list_episodic_experiments(with_key(pb::ListEpisodicExperimentsRequest {}, key)).await.map(drop),
+        ),
         "GetEpisodicReport" => code(
             episodes
                 .get_episodic_report(with_key(pb::GetEpisodicReportRequest { experiment_id: id() }, key))
@@ -142,13 +151,15 @@ async fn every_rpc_checks_the_key_its_role_and_its_scope() {
         "ImportModel",
         "DeleteExperiment",
         "GetEpisodicReport",
+        "GetEpisodicExperiment",
+        "ListEpisodicExperiments",
     ];
     let decide_rpcs = ["Decide", "DecideBatch", "Reward", "RewardBatch", "StartEpisode"];
     let denied = |code: Code| matches!(code, Code::Unauthenticated | Code::PermissionDenied);
     let mut checked = 0;
     for rpc in admin_rpcs.iter().chain(&decide_rpcs) {
         let needs_admin = admin_rpcs.contains(rpc);
-        let unscoped = *rpc == "ListExperiments";
+        let unscoped = matches!(*rpc, "ListExperiments" | "ListEpisodicExperiments");
         assert_eq!(call(&channel, rpc, None).await, Code::Unauthenticated, "{rpc} without a key");
         assert_eq!(call(&channel, rpc, Some("guess")).await, Code::Unauthenticated, "{rpc} with an unknown key");
         let (right_all, right_a, wrong) =

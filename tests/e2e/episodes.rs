@@ -477,3 +477,58 @@ async fn episodic_experiments_declared_in_the_experiments_file() {
         assert!(!said.contains("safebet serving"), "{reason}: nothing was served");
     }
 }
+
+/// Operators see episodic experiments like bandit ones: listed by id, each with its spec (defaults filled in),
+/// and their creation and deletion in the audit trail with the state before and after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn episodic_experiments_are_listed_and_audited() {
+    use safebet_proto::experiment_admin_client::ExperimentAdminClient;
+
+    let server = TestServer::start().await;
+    let mut client = episodes(&server).await;
+    let (_, _, spec) = river();
+    let mut created = Vec::new();
+    for id in ["river", "creek"] {
+        let request = pb::CreateEpisodicExperimentRequest { id: id.into(), spec: Some(spec.clone()) };
+        created.push(client.create_episodic_experiment(request).await.unwrap().into_inner());
+    }
+    assert_eq!(created[0].spec.as_ref().unwrap().delta, Some(0.05), "defaults are filled in");
+    let listed = client.list_episodic_experiments(pb::ListEpisodicExperimentsRequest {}).await.unwrap().into_inner();
+    assert_eq!(listed.experiments, vec![created[1].clone(), created[0].clone()], "ordered by id");
+    let got = client
+        .get_episodic_experiment(pb::GetEpisodicExperimentRequest { experiment_id: "river".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got, created[0]);
+    let unknown = client
+        .get_episodic_experiment(pb::GetEpisodicExperimentRequest { experiment_id: "nope".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound, "{unknown:?}");
+
+    client.start_episode(start(Some(0))).await.unwrap();
+    client
+        .delete_episodic_experiment(pb::DeleteEpisodicExperimentRequest { experiment_id: "river".into() })
+        .await
+        .unwrap();
+    let listed = client.list_episodic_experiments(pb::ListEpisodicExperimentsRequest {}).await.unwrap().into_inner();
+    assert_eq!(listed.experiments, vec![created[1].clone()]);
+
+    let mut admin = ExperimentAdminClient::new(server.channel().await);
+    let trail = admin
+        .list_audit_entries(pb::ListAuditEntriesRequest { experiment_id: "river".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    let actions: Vec<_> = trail.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(actions, ["create_episodic", "delete_episodic"], "{trail:?}");
+    let after_create: serde_json::Value = serde_json::from_str(&trail[0].after).unwrap();
+    assert_eq!(after_create["learner"]["horizon"], 20);
+    assert_eq!(trail[0].before, "", "nothing before the creation");
+    let before_delete: serde_json::Value = serde_json::from_str(&trail[1].before).unwrap();
+    assert_eq!(before_delete["episodes"], 1, "the state the deletion threw away");
+    assert_eq!(trail[1].after, "", "nothing after the deletion");
+    server.stop().await.unwrap();
+}

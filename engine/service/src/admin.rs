@@ -59,8 +59,30 @@ fn audit_state(experiment: &Experiment) -> String {
     serde_json::json!({ "definition": report.definition, "drift_alarm": report.stats.drift_alarm }).to_string()
 }
 
+/// Writes an audit entry; a change whose entry cannot be written is reported UNAVAILABLE (it was made).
+pub(crate) async fn append_audit(
+    store: &Arc<dyn Store>,
+    actor: &str,
+    action: &str,
+    experiment: &str,
+    before: Option<String>,
+    after: Option<String>,
+) -> Result<(), ServiceError> {
+    let entry = AuditEntry {
+        unix_ms: now_unix_ms(),
+        actor: actor.to_owned(),
+        action: action.to_owned(),
+        experiment_id: experiment.to_owned(),
+        before,
+        after,
+    };
+    blocking(store, move |store| store.append_audit(&entry)).await.map_err(|e| {
+        tracing::error!(error = %e, "audit entry not written");
+        ServiceError::Unavailable(format!("the change was made but its audit entry could not be written: {e}"))
+    })
+}
+
 impl AdminApi {
-    /// Writes an audit entry; a change whose entry cannot be written is reported UNAVAILABLE (it was made).
     async fn audit(
         &self,
         actor: &str,
@@ -69,18 +91,7 @@ impl AdminApi {
         before: Option<String>,
         after: Option<String>,
     ) -> Result<(), ServiceError> {
-        let entry = AuditEntry {
-            unix_ms: now_unix_ms(),
-            actor: actor.to_owned(),
-            action: action.to_owned(),
-            experiment_id: experiment.to_owned(),
-            before,
-            after,
-        };
-        blocking(&self.store, move |store| store.append_audit(&entry)).await.map_err(|e| {
-            tracing::error!(error = %e, "audit entry not written");
-            ServiceError::Unavailable(format!("the change was made but its audit entry could not be written: {e}"))
-        })
+        append_audit(&self.store, actor, action, experiment, before, after).await
     }
 
     /// Runs an admin change on experiment `id` and audits it with the state before and after.

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use tonic::{Request, Response, Status};
 
 use crate::ServiceError;
-use crate::admin::blocking;
+use crate::admin::{append_audit, blocking};
 use crate::auth::{Role, principal};
 use crate::definition::{EpisodicDef, check_experiment_id};
 use crate::log::{EpisodeStartRecord, LogEntry, LogRecord, StepRecord};
@@ -298,6 +298,23 @@ impl EpisodicExperiment {
         Ok(())
     }
 
+    /// The experiment as the API shows it.
+    fn to_proto(&self) -> pb::EpisodicExperiment {
+        pb::EpisodicExperiment { id: self.id.clone(), spec: Some(spec_of(&self.config())) }
+    }
+
+    /// What the audit trail records of it: its configuration and where it stands.
+    fn audit_state(&self) -> String {
+        let report = self.report();
+        serde_json::json!({
+            "learner": self.config(),
+            "episodes": report.episodes,
+            "learner_episodes": report.learner_episodes,
+            "steps": report.steps,
+        })
+        .to_string()
+    }
+
     fn report(&self) -> pb::EpisodicReport {
         let state = self.lock();
         let stats = state.learner.stats();
@@ -492,6 +509,7 @@ impl pb::episode_service_server::EpisodeService for EpisodeApi {
         request: Request<pb::CreateEpisodicExperimentRequest>,
     ) -> Result<Response<pb::EpisodicExperiment>, Status> {
         principal(&request).check(Role::Admin, &request.get_ref().id)?;
+        let actor = principal(&request).id;
         let request = request.into_inner();
         check_experiment_id(&request.id)?;
         let spec = request.spec.ok_or_else(|| ServiceError::InvalidArgument("spec is required".into()))?;
@@ -504,9 +522,28 @@ impl pb::episode_service_server::EpisodeService for EpisodeApi {
         let json = serde_json::to_string(&config).map_err(|e| ServiceError::InvalidArgument(e.to_string()))?;
         let id = request.id.clone();
         blocking(&self.store, move |store| store.save_episodic(&id, &json)).await.map_err(ServiceError::from)?;
-        self.registry.insert_episodic(experiment)?;
+        self.registry.insert_episodic(experiment.clone())?;
         tracing::info!(experiment = %request.id, "episodic experiment created");
-        Ok(Response::new(pb::EpisodicExperiment { id: request.id, spec: Some(spec_of(&config)) }))
+        append_audit(&self.store, &actor, "create_episodic", &request.id, None, Some(experiment.audit_state())).await?;
+        Ok(Response::new(experiment.to_proto()))
+    }
+
+    async fn get_episodic_experiment(
+        &self,
+        request: Request<pb::GetEpisodicExperimentRequest>,
+    ) -> Result<Response<pb::EpisodicExperiment>, Status> {
+        principal(&request).check(Role::Admin, &request.get_ref().experiment_id)?;
+        let experiment = self.experiment(&request.into_inner().experiment_id)?;
+        Ok(Response::new(experiment.to_proto()))
+    }
+
+    async fn list_episodic_experiments(
+        &self,
+        request: Request<pb::ListEpisodicExperimentsRequest>,
+    ) -> Result<Response<pb::ListEpisodicExperimentsResponse>, Status> {
+        principal(&request).check_role(Role::Admin)?;
+        let experiments = self.registry.list_episodic().iter().map(|e| e.to_proto()).collect();
+        Ok(Response::new(pb::ListEpisodicExperimentsResponse { experiments }))
     }
 
     async fn start_episode(
@@ -590,9 +627,10 @@ impl pb::episode_service_server::EpisodeService for EpisodeApi {
         request: Request<pb::DeleteEpisodicExperimentRequest>,
     ) -> Result<Response<pb::DeleteEpisodicExperimentResponse>, Status> {
         principal(&request).check(Role::Admin, &request.get_ref().experiment_id)?;
+        let actor = principal(&request).id;
         let id = request.into_inner().experiment_id;
         let _changes = self.changes.lock().await;
-        self.experiment(&id)?;
+        let before = self.experiment(&id)?.audit_state();
         let deleted = id.clone();
         blocking(&self.store, move |store| store.delete_episodic(&deleted)).await.map_err(ServiceError::from)?;
         self.registry.remove_episodic(&id)?;
@@ -600,6 +638,7 @@ impl pb::episode_service_server::EpisodeService for EpisodeApi {
             let _ = writer.barrier().wait().await;
         }
         tracing::info!(experiment = %id, "episodic experiment deleted");
+        append_audit(&self.store, &actor, "delete_episodic", &id, Some(before), None).await?;
         Ok(Response::new(pb::DeleteEpisodicExperimentResponse {}))
     }
 }
