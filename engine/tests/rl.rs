@@ -165,3 +165,25 @@ fn episodic_calls_are_validated_and_change_nothing_on_error() {
     bad.baseline_policy = vec![5; 4];
     assert!(matches!(EpisodicLearner::new(bad), Err(EngineError::InvalidConfig { field: "baseline_policy", .. })));
 }
+
+#[test]
+fn the_kill_switch_hands_episodes_to_the_baseline_and_alpha_can_change() {
+    let env = river_swim(4, 3).unwrap();
+    let mut learner = EpisodicLearner::new(config(&env, RlAlgorithm::Ucbvi, 0.1, true)).unwrap();
+    let plan = learner.start_episode_with(true).unwrap();
+    assert_eq!(plan.driver, Driver::Baseline, "UCBVI always drives unless an operator stops it");
+    assert_eq!(learner.active_policy().unwrap(), learner.baseline_policy());
+    learner.end_episode().unwrap();
+    assert_eq!(learner.start_episode().unwrap().driver, Driver::Learner);
+    learner.end_episode().unwrap();
+    let stats = learner.stats();
+    assert_eq!((stats.baseline_episodes, stats.learner_episodes), (1, 1));
+
+    let before = serde_json::to_string(&learner).unwrap();
+    for alpha in [f64::NAN, -0.1, 1.0, f64::INFINITY] {
+        assert!(learner.set_alpha(alpha).is_err(), "alpha {alpha}");
+        assert_eq!(serde_json::to_string(&learner).unwrap(), before, "a refused alpha changed nothing");
+    }
+    learner.set_alpha(0.3).unwrap();
+    assert_eq!(learner.config().alpha, 0.3);
+}

@@ -113,6 +113,27 @@ async fn call(channel: &Channel, rpc: &str, key: Option<&str>) -> Code {
         "ListEpisodicExperiments" => code(
             episodes.list_episodic_experiments(with_key(pb::ListEpisodicExperimentsRequest {}, key)).await.map(drop),
         ),
+        "UpdateEpisodicRiskBudget" => code(
+            episodes
+                .update_episodic_risk_budget(with_key(
+                    pb::UpdateEpisodicRiskBudgetRequest { experiment_id: id(), alpha: Some(0.2) },
+                    key,
+                ))
+                .await
+                .map(drop),
+        ),
+        "PauseEpisodicExperiment" => code(
+            episodes
+                .pause_episodic_experiment(with_key(pb::PauseEpisodicExperimentRequest { experiment_id: id() }, key))
+                .await
+                .map(drop),
+        ),
+        "ResumeEpisodicExperiment" => code(
+            episodes
+                .resume_episodic_experiment(with_key(pb::ResumeEpisodicExperimentRequest { experiment_id: id() }, key))
+                .await
+                .map(drop),
+        ),
         "GetEpisodicReport" => code(
             episodes
                 .get_episodic_report(with_key(pb::GetEpisodicReportRequest { experiment_id: id() }, key))
@@ -153,6 +174,9 @@ async fn every_rpc_checks_the_key_its_role_and_its_scope() {
         "GetEpisodicReport",
         "GetEpisodicExperiment",
         "ListEpisodicExperiments",
+        "UpdateEpisodicRiskBudget",
+        "PauseEpisodicExperiment",
+        "ResumeEpisodicExperiment",
     ];
     let decide_rpcs = ["Decide", "DecideBatch", "Reward", "RewardBatch", "StartEpisode"];
     let denied = |code: Code| matches!(code, Code::Unauthenticated | Code::PermissionDenied);

@@ -532,3 +532,98 @@ async fn episodic_experiments_are_listed_and_audited() {
     assert_eq!(trail[1].after, "", "nothing after the deletion");
     server.stop().await.unwrap();
 }
+
+/// The operator's controls over gRPC: the kill switch hands new episodes to the baseline policy (UCBVI would
+/// drive every one otherwise), the risk budget changes (bad values refused, nothing changed), every change is
+/// audited, and all of it survives a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_pause_resume_and_rebudget_an_episodic_experiment() {
+    use safebet_proto::experiment_admin_client::ExperimentAdminClient;
+
+    let (env, _, mut spec) = river();
+    spec.algorithm = pb::RlAlgorithm::Ucbvi as i32;
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = TestServer::start_with(dir.path(), vec![], Limits::default()).await;
+    let mut client = episodes(&server).await;
+    client
+        .create_episodic_experiment(pb::CreateEpisodicExperimentRequest { id: "river".into(), spec: Some(spec) })
+        .await
+        .unwrap();
+    let river = || "river".to_string();
+    let paused = client
+        .pause_episodic_experiment(pb::PauseEpisodicExperimentRequest { experiment_id: river() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(paused.paused);
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(11);
+    let mut play = async |client: &mut EpisodeServiceClient<Channel>, episode: u64| {
+        let plan = client.start_episode(start(Some(episode))).await.unwrap().into_inner();
+        let mut state = env.start;
+        for step in 0..20 {
+            let action = client.act(act(step, state)).await.unwrap().into_inner().action as usize;
+            if plan.driver == pb::Driver::Baseline as i32 {
+                assert_eq!(action, env.baseline[state], "episode {episode}: the baseline policy drives");
+            }
+            let (reward, next) = transition(&env, &mut rng, state, action);
+            client.observe(observe(step, state, action, reward, next)).await.unwrap();
+            state = next;
+        }
+        client.end_episode(end(Some(episode))).await.unwrap();
+        plan.driver
+    };
+    assert_eq!(play(&mut client, 0).await, pb::Driver::Baseline as i32, "paused: the baseline drives");
+
+    let before = report(&mut client).await;
+    for (alpha, what) in [(None, "missing"), (Some(f64::NAN), "NaN"), (Some(1.0), "1"), (Some(-0.5), "negative")] {
+        let refused = client
+            .update_episodic_risk_budget(pb::UpdateEpisodicRiskBudgetRequest { experiment_id: river(), alpha })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::InvalidArgument, "alpha {what}: {refused:?}");
+        assert!(refused.message().contains("alpha"), "alpha {what}: {}", refused.message());
+    }
+    assert_eq!(report(&mut client).await, before, "refused budgets changed nothing");
+    let rebudgeted = client
+        .update_episodic_risk_budget(pb::UpdateEpisodicRiskBudgetRequest { experiment_id: river(), alpha: Some(0.3) })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rebudgeted.spec.unwrap().alpha, Some(0.3));
+
+    server.stop().await.unwrap();
+    server = TestServer::start_with(dir.path(), vec![], Limits::default()).await;
+    client = episodes(&server).await;
+    let restarted = report(&mut client).await;
+    assert_eq!((restarted.paused, restarted.alpha), (true, 0.3), "the switch and the budget survive a restart");
+    assert_eq!(play(&mut client, 1).await, pb::Driver::Baseline as i32);
+    let resumed = client
+        .resume_episodic_experiment(pb::ResumeEpisodicExperimentRequest { experiment_id: river() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!resumed.paused);
+    assert_eq!(play(&mut client, 2).await, pb::Driver::Learner as i32, "resumed: UCBVI drives again");
+    let unknown = client
+        .pause_episodic_experiment(pb::PauseEpisodicExperimentRequest { experiment_id: "nope".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
+
+    let mut admin = ExperimentAdminClient::new(server.channel().await);
+    let trail = admin
+        .list_audit_entries(pb::ListAuditEntriesRequest { experiment_id: river() })
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    let actions: Vec<_> = trail.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(actions, ["create_episodic", "pause", "update_risk_budget", "resume"], "{trail:?}");
+    let state = |json: &str| serde_json::from_str::<serde_json::Value>(json).unwrap();
+    assert_eq!(
+        (state(&trail[1].before)["paused"].clone(), state(&trail[1].after)["paused"].clone()),
+        (false.into(), true.into())
+    );
+    assert_eq!(state(&trail[2].after)["learner"]["alpha"], 0.3);
+    server.stop().await.unwrap();
+}

@@ -37,6 +37,9 @@ struct EpisodicState {
     /// The answers to the latest start, step and end (rebuilt from the log like the learner).
     #[serde(default)]
     last: LastAnswers,
+    /// The kill switch: the baseline policy drives every episode started while it is on.
+    #[serde(default)]
+    paused: bool,
     #[serde(skip)]
     deleted: bool,
     #[serde(skip)]
@@ -70,8 +73,8 @@ impl EpisodicState {
         self.learner.active_policy().map(|_| self.learner.stats().episodes - 1)
     }
 
-    fn started(&mut self) -> Result<EpisodePlan, EngineError> {
-        let plan = self.learner.start_episode()?;
+    fn started(&mut self, paused: bool) -> Result<EpisodePlan, EngineError> {
+        let plan = self.learner.start_episode_with(paused)?;
         self.last.plan = Some(plan);
         self.last.step = None;
         Ok(plan)
@@ -114,8 +117,12 @@ impl EpisodicState {
                 }
             }
         }
-        let plan = self.started().map_err(|e| ServiceError::engine("episode start", e))?;
-        let record = EpisodeStartRecord { episode: plan.episode, learner_drives: plan.driver == Driver::Learner };
+        let plan = self.started(self.paused).map_err(|e| ServiceError::engine("episode start", e))?;
+        let record = EpisodeStartRecord {
+            episode: plan.episode,
+            learner_drives: plan.driver == Driver::Learner,
+            paused: self.paused,
+        };
         Ok(Outcome::Applied(plan, LogEntry::EpisodeStart(record)))
     }
 
@@ -183,6 +190,7 @@ impl EpisodicExperiment {
             learner,
             sequence: 0,
             last: LastAnswers::default(),
+            paused: false,
             deleted: false,
             revision: 0,
             flushed_revision: 0,
@@ -300,7 +308,31 @@ impl EpisodicExperiment {
 
     /// The experiment as the API shows it.
     fn to_proto(&self) -> pb::EpisodicExperiment {
-        pb::EpisodicExperiment { id: self.id.clone(), spec: Some(spec_of(&self.config())) }
+        let state = self.lock();
+        pb::EpisodicExperiment {
+            id: self.id.clone(),
+            spec: Some(spec_of(state.learner.config())),
+            paused: state.paused,
+        }
+    }
+
+    /// Changes the risk budget of the episodes started from now on.
+    fn set_alpha(&self, alpha: f64) -> Result<((), Commit), ServiceError> {
+        self.apply(|state| {
+            state.learner.set_alpha(alpha).map_err(|e| ServiceError::engine("risk budget", e))?;
+            Ok(Outcome::Applied((), LogEntry::Alpha { alpha }))
+        })
+    }
+
+    /// Turns the kill switch on or off; setting it as it already is changes (and logs) nothing.
+    fn set_paused(&self, paused: bool) -> Result<((), Commit), ServiceError> {
+        self.apply(|state| {
+            if state.paused == paused {
+                return Ok(Outcome::Repeated(()));
+            }
+            state.paused = paused;
+            Ok(Outcome::Applied((), LogEntry::Paused { paused }))
+        })
     }
 
     /// What the audit trail records of it: its configuration and where it stands.
@@ -308,6 +340,7 @@ impl EpisodicExperiment {
         let report = self.report();
         serde_json::json!({
             "learner": self.config(),
+            "paused": report.paused,
             "episodes": report.episodes,
             "learner_episodes": report.learner_episodes,
             "steps": report.steps,
@@ -327,6 +360,8 @@ impl EpisodicExperiment {
             last_margin: stats.last_margin,
             episode_running: state.learner.active_policy().is_some(),
             sequence: state.sequence,
+            alpha: state.learner.config().alpha,
+            paused: state.paused,
         }
     }
 }
@@ -339,7 +374,7 @@ fn replay(state: &mut EpisodicState, record: &LogRecord) -> Result<(), String> {
     let at = format!("replaying log record {}", record.sequence);
     match &record.entry {
         LogEntry::EpisodeStart(logged) => {
-            let plan = state.started().map_err(|e| format!("{at}: {e}"))?;
+            let plan = state.started(logged.paused).map_err(|e| format!("{at}: {e}"))?;
             if plan.episode != logged.episode || (plan.driver == Driver::Learner) != logged.learner_drives {
                 return Err(format!("{at}: the learner started episode {} differently than logged", plan.episode));
             }
@@ -350,6 +385,8 @@ fn replay(state: &mut EpisodicState, record: &LogRecord) -> Result<(), String> {
         LogEntry::EpisodeEnd { .. } => {
             state.ended().map_err(|e| format!("{at}: {e}"))?;
         }
+        LogEntry::Alpha { alpha } => state.learner.set_alpha(*alpha).map_err(|e| format!("{at}: {e}"))?,
+        LogEntry::Paused { paused } => state.paused = *paused,
         other => return Err(format!("{at}: a {} record in an episodic experiment's log", other.kind())),
     }
     state.sequence = record.sequence;
@@ -451,7 +488,9 @@ pub(crate) async fn declare_episodic(
 ) -> Result<(), ServiceError> {
     check_episodic(&declared.id, &declared.learner)?;
     if let Ok(existing) = registry.episodic(&declared.id) {
-        if existing.config() != declared.learner {
+        // The risk budget is steered at run time, like a bandit experiment's.
+        let stored = EpisodicConfig { alpha: declared.learner.alpha, ..existing.config() };
+        if stored != declared.learner {
             tracing::warn!(
                 experiment = %declared.id,
                 "the experiments file declares this episodic experiment differently from the stored one; the \
@@ -499,6 +538,22 @@ impl EpisodeApi {
     fn experiment(&self, id: &str) -> Result<Arc<EpisodicExperiment>, ServiceError> {
         check_experiment_id(id)?;
         self.registry.episodic(id)
+    }
+
+    /// An operator's change to experiment `id`, durable before it is answered and audited with the state
+    /// before and after.
+    async fn steer(
+        &self,
+        actor: &str,
+        action: &str,
+        id: &str,
+        change: impl FnOnce(&EpisodicExperiment) -> Result<((), Commit), ServiceError>,
+    ) -> Result<pb::EpisodicExperiment, ServiceError> {
+        let experiment = self.experiment(id)?;
+        let before = experiment.audit_state();
+        durable(change(&experiment)).await?;
+        append_audit(&self.store, actor, action, id, Some(before), Some(experiment.audit_state())).await?;
+        Ok(experiment.to_proto())
     }
 }
 
@@ -613,6 +668,40 @@ impl pb::episode_service_server::EpisodeService for EpisodeApi {
         }))
     }
 
+    async fn update_episodic_risk_budget(
+        &self,
+        request: Request<pb::UpdateEpisodicRiskBudgetRequest>,
+    ) -> Result<Response<pb::EpisodicExperiment>, Status> {
+        principal(&request).check(Role::Admin, &request.get_ref().experiment_id)?;
+        let actor = principal(&request).id;
+        let request = request.into_inner();
+        let alpha = request.alpha.ok_or_else(|| ServiceError::InvalidArgument("alpha is required".into()))?;
+        let changed = self
+            .steer(&actor, "update_risk_budget", &request.experiment_id, |experiment| experiment.set_alpha(alpha))
+            .await?;
+        Ok(Response::new(changed))
+    }
+
+    async fn pause_episodic_experiment(
+        &self,
+        request: Request<pb::PauseEpisodicExperimentRequest>,
+    ) -> Result<Response<pb::EpisodicExperiment>, Status> {
+        principal(&request).check(Role::Admin, &request.get_ref().experiment_id)?;
+        let actor = principal(&request).id;
+        let id = request.into_inner().experiment_id;
+        Ok(Response::new(self.steer(&actor, "pause", &id, |experiment| experiment.set_paused(true)).await?))
+    }
+
+    async fn resume_episodic_experiment(
+        &self,
+        request: Request<pb::ResumeEpisodicExperimentRequest>,
+    ) -> Result<Response<pb::EpisodicExperiment>, Status> {
+        principal(&request).check(Role::Admin, &request.get_ref().experiment_id)?;
+        let actor = principal(&request).id;
+        let id = request.into_inner().experiment_id;
+        Ok(Response::new(self.steer(&actor, "resume", &id, |experiment| experiment.set_paused(false)).await?))
+    }
+
     async fn get_episodic_report(
         &self,
         request: Request<pb::GetEpisodicReportRequest>,
@@ -640,5 +729,75 @@ impl pb::episode_service_server::EpisodeService for EpisodeApi {
         tracing::info!(experiment = %id, "episodic experiment deleted");
         append_audit(&self.store, &actor, "delete_episodic", &id, Some(before), None).await?;
         Ok(Response::new(pb::DeleteEpisodicExperimentResponse {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use safebet_engine::rl::environments::river_swim;
+
+    use super::*;
+    use crate::store::SqliteStore;
+
+    /// The kill switch and risk-budget changes are in the log, so the log alone (no snapshot) rebuilds the
+    /// experiment exactly: same learner, same switch, same answers to retries.
+    #[test]
+    fn pauses_and_budget_changes_replay_from_the_log() {
+        let env = river_swim(4, 3).unwrap();
+        let config = EpisodicConfig {
+            algorithm: RlAlgorithm::Ucbvi,
+            states: 4,
+            actions: 2,
+            horizon: 3,
+            start: StartState::Fixed { state: env.start },
+            baseline_policy: env.baseline.clone(),
+            baseline_value: None,
+            alpha: 0.1,
+            delta: 0.05,
+            reward_range: [0.0, 1.0],
+            bonus_scale: 1.0,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).unwrap());
+        store.save_episodic("r", &serde_json::to_string(&config).unwrap()).unwrap();
+        let writer = Arc::new(LogWriter::start(store.clone()));
+        let live = EpisodicExperiment::new("r".into(), config, Some(writer.clone())).unwrap();
+        let mut drivers = Vec::new();
+        for episode in 0..6u64 {
+            match episode {
+                1 => live.set_paused(true).unwrap().1.wait_blocking().unwrap(),
+                2 => live.set_alpha(0.4).unwrap().1.wait_blocking().unwrap(),
+                4 => live.set_paused(false).unwrap().1.wait_blocking().unwrap(),
+                _ => {}
+            }
+            let (plan, commit) = live.apply(|state| state.start(Some(episode))).unwrap();
+            commit.wait_blocking().unwrap();
+            drivers.push(plan.driver);
+            let mut state = env.start;
+            for step in 0..3 {
+                let action = live.lock().learner.action(step, state).unwrap();
+                let record =
+                    StepRecord { step, state, action, reward: 0.01 * step as f64, next_state: (state + 1) % 4 };
+                live.apply(|s| s.observe(record)).unwrap().1.wait_blocking().unwrap();
+                state = record.next_state;
+            }
+            live.apply(|state| state.end(Some(episode))).unwrap().1.wait_blocking().unwrap();
+        }
+        use Driver::{Baseline, Learner};
+        assert_eq!(drivers, [Learner, Baseline, Baseline, Baseline, Learner, Learner], "UCBVI drives unless paused");
+        // Pausing twice logs once.
+        let sequence = live.lock().sequence;
+        live.set_paused(false).unwrap().1.wait_blocking().unwrap();
+        assert_eq!(live.lock().sequence, sequence);
+        writer.stop();
+
+        let stored = store.load_episodic().unwrap().pop().unwrap();
+        assert!(stored.snapshot.is_none(), "the log alone rebuilds it");
+        let rebuilt = EpisodicExperiment::rebuild(&stored, None).unwrap();
+        let json = |e: &EpisodicExperiment| serde_json::to_string(&*e.lock()).unwrap();
+        assert_eq!(json(&rebuilt), json(&live));
+        assert_eq!((rebuilt.config().alpha, rebuilt.lock().paused), (0.4, false));
+        let summary = rebuilt.apply(|state| state.end(Some(5))).unwrap().0;
+        assert_eq!(summary.episode, 5, "a retried end after the rebuild gets its answer");
     }
 }

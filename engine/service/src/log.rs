@@ -44,6 +44,11 @@ pub enum LogEntry {
     },
     /// An operator cleared the drift guard's alarm (ResumeExperiment).
     ClearDrift,
+    /// An operator paused or resumed an episodic experiment (its kill switch).
+    Paused {
+        /// Whether episodes started from now on are driven by the baseline policy.
+        paused: bool,
+    },
     /// An episodic experiment started an episode.
     EpisodeStart(EpisodeStartRecord),
     /// A transition of the running episode.
@@ -62,6 +67,9 @@ pub struct EpisodeStartRecord {
     pub episode: u64,
     /// Whether the learner (not the baseline policy) drives it.
     pub learner_drives: bool,
+    /// Whether the kill switch was on, handing the episode to the baseline policy.
+    #[serde(default)]
+    pub paused: bool,
 }
 
 /// One transition as logged.
@@ -80,7 +88,8 @@ pub struct StepRecord {
 }
 
 impl LogEntry {
-    /// "decision", "reward", "timeout", "alpha" or "clear_drift": the `kind` column of the store.
+    /// "decision", "reward", "timeout", "alpha", "clear_drift", "paused", "episode_start", "step" or
+    /// "episode_end": the `kind` column of the store.
     pub fn kind(&self) -> &'static str {
         match self {
             LogEntry::Decision(_) => "decision",
@@ -88,6 +97,7 @@ impl LogEntry {
             LogEntry::Timeout { .. } => "timeout",
             LogEntry::Alpha { .. } => "alpha",
             LogEntry::ClearDrift => "clear_drift",
+            LogEntry::Paused { .. } => "paused",
             LogEntry::EpisodeStart(_) => "episode_start",
             LogEntry::Step(_) => "step",
             LogEntry::EpisodeEnd { .. } => "episode_end",

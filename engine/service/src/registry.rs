@@ -490,7 +490,7 @@ impl Experiment {
                 state.policy.set_alpha(*alpha).map_err(|e| format!("{}: {e}", at("alpha")))?;
             }
             LogEntry::ClearDrift => state.policy.clear_drift_alarm(),
-            LogEntry::EpisodeStart(_) | LogEntry::Step(_) | LogEntry::EpisodeEnd { .. } => {
+            LogEntry::EpisodeStart(_) | LogEntry::Step(_) | LogEntry::EpisodeEnd { .. } | LogEntry::Paused { .. } => {
                 return Err(format!("{}: an episodic record in a bandit experiment's log", at("record")));
             }
         }

@@ -689,6 +689,25 @@ fn insert_record(insert: &mut rusqlite::CachedStatement<'_>, record: &LogRecord)
                 None::<String>
             ])?;
         }
+        LogEntry::Paused { paused } => {
+            insert.execute(params![
+                id,
+                sequence,
+                record.unix_ms,
+                kind,
+                None::<i64>,
+                None::<String>,
+                None::<i64>,
+                None::<i64>,
+                None::<i64>,
+                None::<f64>,
+                paused,
+                None::<f64>,
+                None::<f64>,
+                None::<Vec<u8>>,
+                None::<String>
+            ])?;
+        }
         LogEntry::Alpha { alpha } => {
             insert.execute(params![
                 id,
@@ -739,6 +758,11 @@ fn record_from_row(row: &rusqlite::Row<'_>) -> Result<LogRecord, StoreError> {
         },
         "timeout" => LogEntry::Timeout { decision_id: decision_id()? },
         "clear_drift" => LogEntry::ClearDrift,
+        "paused" => LogEntry::Paused {
+            paused: row
+                .get::<_, Option<bool>>(10)?
+                .ok_or_else(|| corrupt(format!("pause record {sequence} has no value")))?,
+        },
         "episode_start" | "step" | "episode_end" => {
             let detail: String = row.get(14)?;
             let bad = |e: serde_json::Error| corrupt(format!("log record {sequence} ({kind}): {e}"));

@@ -280,8 +280,23 @@ impl EpisodicLearner {
         }
     }
 
+    /// Changes the risk budget for the episodes started from now on.
+    pub fn set_alpha(&mut self, alpha: f64) -> Result<(), EngineError> {
+        let mut config = self.config.clone();
+        config.alpha = alpha;
+        config.validate()?;
+        self.config.alpha = alpha;
+        Ok(())
+    }
+
     /// Plans the optimistic policy and decides, by the budget check, who drives the new episode.
     pub fn start_episode(&mut self) -> Result<EpisodePlan, EngineError> {
+        self.start_episode_with(false)
+    }
+
+    /// [`EpisodicLearner::start_episode`]; with `baseline_only` (an operator's kill switch) the baseline policy
+    /// drives whatever the budget check says. The plan still reports the check's margin.
+    pub fn start_episode_with(&mut self, baseline_only: bool) -> Result<EpisodePlan, EngineError> {
         if let Some(active) = &self.active {
             return Err(EngineError::EpisodeInProgress(active.episode));
         }
@@ -304,6 +319,7 @@ impl EpisodicLearner {
                 (if margin >= 0.0 { Driver::Learner } else { Driver::Baseline }, Some(margin))
             }
         };
+        let driver = if baseline_only { Driver::Baseline } else { driver };
         match driver {
             Driver::Learner => {
                 self.learner_lower_sum += learner_lower;
