@@ -580,154 +580,76 @@ fn to_sql_sequence(sequence: u64) -> i64 {
     i64::try_from(sequence).unwrap_or(i64::MAX)
 }
 
+/// The columns of a log row after (experiment, sequence, time, kind); those left `None` are NULL.
+#[derive(Default)]
+struct LogColumns<'a> {
+    decision_id: Option<i64>,
+    event_id: Option<&'a str>,
+    action: Option<i64>,
+    baseline: Option<i64>,
+    num_actions: Option<i64>,
+    propensity: Option<f64>,
+    played_baseline: Option<bool>,
+    reward: Option<f64>,
+    alpha: Option<f64>,
+    features: Option<std::borrow::Cow<'a, [u8]>>,
+    detail: Option<String>,
+}
+
 fn insert_record(insert: &mut rusqlite::CachedStatement<'_>, record: &LogRecord) -> Result<(), StoreError> {
-    let sequence = to_sql_sequence(record.sequence);
-    let kind = record.entry.kind();
     let id = record.experiment_id.as_str();
     let corrupt = |e: serde_json::Error| StoreError::Corrupt { id: id.to_owned(), reason: e.to_string() };
-    match &record.entry {
-        LogEntry::Decision(d) => {
-            let detail = serde_json::to_string(d).map_err(corrupt)?;
-            insert.execute(params![
-                id,
-                sequence,
-                record.unix_ms,
-                kind,
-                d.decision_id as i64,
-                d.event_id,
-                d.action as i64,
-                d.baseline as i64,
-                d.num_actions as i64,
-                d.propensity,
-                d.played_baseline,
-                None::<f64>,
-                None::<f64>,
-                &*feature_bytes(&d.features),
-                detail
-            ])?;
-        }
-        LogEntry::Reward { decision_id, event_id, value } => {
-            insert.execute(params![
-                id,
-                sequence,
-                record.unix_ms,
-                kind,
-                *decision_id as i64,
-                event_id,
-                None::<i64>,
-                None::<i64>,
-                None::<i64>,
-                None::<f64>,
-                None::<bool>,
-                value,
-                None::<f64>,
-                None::<Vec<u8>>,
-                None::<String>
-            ])?;
-        }
+    let detail = |json: Result<String, serde_json::Error>| json.map(Some).map_err(corrupt);
+    let columns = match &record.entry {
+        LogEntry::Decision(d) => LogColumns {
+            decision_id: Some(d.decision_id as i64),
+            event_id: Some(&d.event_id),
+            action: Some(d.action as i64),
+            baseline: Some(d.baseline as i64),
+            num_actions: Some(d.num_actions as i64),
+            propensity: Some(d.propensity),
+            played_baseline: Some(d.played_baseline),
+            features: Some(feature_bytes(&d.features)),
+            detail: detail(serde_json::to_string(d))?,
+            ..LogColumns::default()
+        },
+        LogEntry::Reward { decision_id, event_id, value } => LogColumns {
+            decision_id: Some(*decision_id as i64),
+            event_id: Some(event_id),
+            reward: Some(*value),
+            ..LogColumns::default()
+        },
         LogEntry::Timeout { decision_id } => {
-            insert.execute(params![
-                id,
-                sequence,
-                record.unix_ms,
-                kind,
-                *decision_id as i64,
-                None::<String>,
-                None::<i64>,
-                None::<i64>,
-                None::<i64>,
-                None::<f64>,
-                None::<bool>,
-                None::<f64>,
-                None::<f64>,
-                None::<Vec<u8>>,
-                None::<String>
-            ])?;
+            LogColumns { decision_id: Some(*decision_id as i64), ..LogColumns::default() }
         }
-        LogEntry::EpisodeStart(_) | LogEntry::Step(_) | LogEntry::EpisodeEnd { .. } => {
-            let detail = match &record.entry {
-                LogEntry::EpisodeStart(start) => serde_json::to_string(start),
-                LogEntry::Step(step) => serde_json::to_string(step),
-                LogEntry::EpisodeEnd { episode } => serde_json::to_string(episode),
-                _ => unreachable!("matched above"),
-            }
-            .map_err(corrupt)?;
-            insert.execute(params![
-                id,
-                sequence,
-                record.unix_ms,
-                kind,
-                None::<i64>,
-                None::<String>,
-                None::<i64>,
-                None::<i64>,
-                None::<i64>,
-                None::<f64>,
-                None::<bool>,
-                None::<f64>,
-                None::<f64>,
-                None::<Vec<u8>>,
-                detail
-            ])?;
+        LogEntry::EpisodeStart(start) => {
+            LogColumns { detail: detail(serde_json::to_string(start))?, ..LogColumns::default() }
         }
-        LogEntry::ClearDrift => {
-            insert.execute(params![
-                id,
-                sequence,
-                record.unix_ms,
-                kind,
-                None::<i64>,
-                None::<String>,
-                None::<i64>,
-                None::<i64>,
-                None::<i64>,
-                None::<f64>,
-                None::<bool>,
-                None::<f64>,
-                None::<f64>,
-                None::<Vec<u8>>,
-                None::<String>
-            ])?;
+        LogEntry::Step(step) => LogColumns { detail: detail(serde_json::to_string(step))?, ..LogColumns::default() },
+        LogEntry::EpisodeEnd { episode } => {
+            LogColumns { detail: detail(serde_json::to_string(episode))?, ..LogColumns::default() }
         }
-        LogEntry::Paused { paused } => {
-            insert.execute(params![
-                id,
-                sequence,
-                record.unix_ms,
-                kind,
-                None::<i64>,
-                None::<String>,
-                None::<i64>,
-                None::<i64>,
-                None::<i64>,
-                None::<f64>,
-                paused,
-                None::<f64>,
-                None::<f64>,
-                None::<Vec<u8>>,
-                None::<String>
-            ])?;
-        }
-        LogEntry::Alpha { alpha } => {
-            insert.execute(params![
-                id,
-                sequence,
-                record.unix_ms,
-                kind,
-                None::<i64>,
-                None::<String>,
-                None::<i64>,
-                None::<i64>,
-                None::<i64>,
-                None::<f64>,
-                None::<bool>,
-                None::<f64>,
-                alpha,
-                None::<Vec<u8>>,
-                None::<String>
-            ])?;
-        }
-    }
+        LogEntry::ClearDrift => LogColumns::default(),
+        LogEntry::Paused { paused } => LogColumns { played_baseline: Some(*paused), ..LogColumns::default() },
+        LogEntry::Alpha { alpha } => LogColumns { alpha: Some(*alpha), ..LogColumns::default() },
+    };
+    insert.execute(params![
+        id,
+        to_sql_sequence(record.sequence),
+        record.unix_ms,
+        record.entry.kind(),
+        columns.decision_id,
+        columns.event_id,
+        columns.action,
+        columns.baseline,
+        columns.num_actions,
+        columns.propensity,
+        columns.played_baseline,
+        columns.reward,
+        columns.alpha,
+        columns.features.as_deref(),
+        columns.detail
+    ])?;
     Ok(())
 }
 
