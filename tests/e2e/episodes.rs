@@ -450,6 +450,24 @@ async fn episodic_experiments_declared_in_the_experiments_file() {
     assert_eq!(plan.margin, local.start_episode().unwrap().margin, "the stored learner (alpha 0.5) goes on");
     child.kill_9();
 
+    // Declared with the kill switch on: the baseline policy drives from the first episode.
+    let held = declared_river(&EpisodicConfig { algorithm: RlAlgorithm::Ucbvi, ..config.clone() })
+        .replace("id = \"river\"\n", "id = \"held\"\npaused = true\n")
+        .replace("conservative_ucbvi", "ucbvi");
+    std::fs::write(&experiments, held).unwrap();
+    let (mut child, address, _drain) = spawn_server(&data, &experiments);
+    let mut client = EpisodeServiceClient::new(connect(&address).await);
+    let listed = client.list_episodic_experiments(pb::ListEpisodicExperimentsRequest {}).await.unwrap().into_inner();
+    let ids: Vec<_> = listed.experiments.iter().map(|e| (e.id.as_str(), e.paused)).collect();
+    assert_eq!(ids, [("held", true), ("river", false)], "declared paused; the stored one kept");
+    let plan = client
+        .start_episode(pb::StartEpisodeRequest { experiment_id: "held".into(), episode: Some(0) })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(plan.driver, pb::Driver::Baseline as i32, "UCBVI, but the switch is on");
+    child.kill_9();
+
     // Declarations the API would refuse: the server stops before serving and says why.
     let bad_declarations = [
         (declared_river(&config).replace("horizon = 20", "horizon = 0"), "horizon"),

@@ -51,6 +51,9 @@ impl Clients {
             Fuzzed::Import(r) => self.admin.import_model(r).await.map(drop),
             Fuzzed::Observe(r) => self.episodes.observe(r).await.map(drop),
             Fuzzed::CreateEpisodic(r) => self.episodes.create_episodic_experiment(r).await.map(drop),
+            Fuzzed::EpisodicBudget(r) => self.episodes.update_episodic_risk_budget(r).await.map(drop),
+            Fuzzed::StartEpisode(r) => self.episodes.start_episode(r).await.map(drop),
+            Fuzzed::EndEpisode(r) => self.episodes.end_episode(r).await.map(drop),
         };
         if let Err(status) = result {
             assert!(acceptable(status.code()), "{request:?} broke the service: {status:?}");
@@ -70,6 +73,9 @@ enum Fuzzed {
     Import(pb::ImportModelRequest),
     Observe(pb::ObserveRequest),
     CreateEpisodic(pb::CreateEpisodicExperimentRequest),
+    EpisodicBudget(pb::UpdateEpisodicRiskBudgetRequest),
+    StartEpisode(pb::StartEpisodeRequest),
+    EndEpisode(pb::EndEpisodeRequest),
 }
 
 /// Arbitrary bytes decoded as every request type (those that decode at all).
@@ -101,6 +107,15 @@ fn from_bytes(bytes: &[u8]) -> Vec<Fuzzed> {
     }
     if let Ok(r) = pb::CreateEpisodicExperimentRequest::decode(bytes) {
         out.push(Fuzzed::CreateEpisodic(r));
+    }
+    if let Ok(r) = pb::UpdateEpisodicRiskBudgetRequest::decode(bytes) {
+        out.push(Fuzzed::EpisodicBudget(r));
+    }
+    if let Ok(r) = pb::StartEpisodeRequest::decode(bytes) {
+        out.push(Fuzzed::StartEpisode(r));
+    }
+    if let Ok(r) = pb::EndEpisodeRequest::decode(bytes) {
+        out.push(Fuzzed::EndEpisode(r));
     }
     out
 }
@@ -148,7 +163,15 @@ fn structured() -> impl Strategy<Value = Fuzzed> {
             spec.noise_scale = Some(noise);
             Fuzzed::Create(pb::CreateExperimentRequest { id, spec: Some(spec) })
         });
-    prop_oneof![decide, reward, budget, observe, create]
+    let episodic_budget = (any_id(), prop::option::of(any_float())).prop_map(|(experiment_id, alpha)| {
+        Fuzzed::EpisodicBudget(pb::UpdateEpisodicRiskBudgetRequest { experiment_id, alpha })
+    });
+    let episode = prop::option::of(prop_oneof![0u64..4, Just(u64::MAX)]);
+    let start = (any_id(), episode.clone())
+        .prop_map(|(experiment_id, episode)| Fuzzed::StartEpisode(pb::StartEpisodeRequest { experiment_id, episode }));
+    let end = (any_id(), episode)
+        .prop_map(|(experiment_id, episode)| Fuzzed::EndEpisode(pb::EndEpisodeRequest { experiment_id, episode }));
+    prop_oneof![decide, reward, budget, observe, create, episodic_budget, start, end]
 }
 
 #[test]

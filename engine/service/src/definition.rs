@@ -44,6 +44,9 @@ pub struct EpisodicDef {
     pub id: String,
     /// The learner: algorithm, states, actions, horizon, start, baseline policy, alpha, ...
     pub learner: EpisodicConfig,
+    /// Created with the kill switch on: the baseline policy drives until an operator resumes it.
+    #[serde(default)]
+    pub paused: bool,
 }
 
 /// The experiments file given to `safebet serve --experiments FILE`: bandit experiments (`[[experiment]]`)

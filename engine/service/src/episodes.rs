@@ -480,7 +480,7 @@ pub fn check_episodic(id: &str, config: &EpisodicConfig) -> Result<(), ServiceEr
 }
 
 /// Creates a declared episodic experiment unless one with its id is stored (whose definition and state are
-/// kept: an experiments file never resets a learner).
+/// kept: an experiments file never resets a learner; its risk budget and kill switch are steered at run time).
 pub(crate) async fn declare_episodic(
     registry: &Registry,
     store: &Arc<dyn Store>,
@@ -505,6 +505,9 @@ pub(crate) async fn declare_episodic(
     let json = serde_json::to_string(&declared.learner).map_err(|e| ServiceError::InvalidArgument(e.to_string()))?;
     let id = declared.id.clone();
     blocking(store, move |store| store.save_episodic(&id, &json)).await?;
+    if declared.paused {
+        durable(experiment.set_paused(true)).await?;
+    }
     registry.insert_episodic(experiment)?;
     tracing::info!(experiment = %declared.id, "declared episodic experiment created");
     Ok(())
