@@ -1,5 +1,5 @@
 //! The Prometheus endpoint, scraped: decision and reward counters, latency histograms, per-experiment
-//! gauges and store commit latency are there after some traffic.
+//! gauges (bandit and episodic experiments) and store commit latency are there after some traffic.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,12 +45,28 @@ async fn the_metrics_endpoint_reports_traffic_latency_and_budget() {
         }
     };
     let mut admin = pb::experiment_admin_client::ExperimentAdminClient::new(channel.clone());
-    let mut d = pb::decision_service_client::DecisionServiceClient::new(channel);
+    let mut d = pb::decision_service_client::DecisionServiceClient::new(channel.clone());
     create(&mut admin, "scraped", shared_spec(pb::Algorithm::Clucb, 2)).await;
     for _ in 0..30 {
         let answer = d.decide(per_action("scraped", vec![0.3, 0.1, 0.2, 0.4], 2, 0)).await.unwrap().into_inner();
         d.reward(reward("scraped", &answer.event_id, 0.5)).await.unwrap();
     }
+    let mut episodes = pb::episode_service_client::EpisodeServiceClient::new(channel);
+    let spec = pb::EpisodicSpec {
+        algorithm: pb::RlAlgorithm::ConservativeUcbvi as i32,
+        states: 3,
+        actions: 2,
+        horizon: 4,
+        baseline_policy: vec![0, 0, 0],
+        baseline_value: Some(0.5),
+        ..Default::default()
+    };
+    let create_episodic = pb::CreateEpisodicExperimentRequest { id: "episodes".into(), spec: Some(spec) };
+    episodes.create_episodic_experiment(create_episodic).await.unwrap();
+    let start = pb::StartEpisodeRequest { experiment_id: "episodes".into(), episode: Some(0) };
+    episodes.start_episode(start).await.unwrap();
+    let pause = pb::PauseEpisodicExperimentRequest { experiment_id: "episodes".into() };
+    episodes.pause_episodic_experiment(pause).await.unwrap();
     let refused = d.decide(per_action("scraped", vec![f64::NAN; 4], 2, 0)).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
     tokio::time::sleep(Duration::from_millis(1200)).await; // one gauge refresh
@@ -66,6 +82,11 @@ async fn the_metrics_endpoint_reports_traffic_latency_and_budget() {
         "safebet_drift_alarm{experiment=\"scraped\"} 0",
         "safebet_store_commit_seconds_bucket",
         "safebet_decisions_by_outcome_total{experiment=\"scraped\",outcome=",
+        "safebet_episodes{experiment=\"episodes\"} 1",
+        "safebet_baseline_share{experiment=\"episodes\"} 1",
+        "safebet_budget_margin{experiment=\"episodes\"}",
+        "safebet_paused{experiment=\"episodes\"} 1",
+        "safebet_alpha{experiment=\"episodes\"} 0.1",
     ] {
         assert!(text.contains(expected), "missing {expected} in\n{text}");
     }

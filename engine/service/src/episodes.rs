@@ -348,7 +348,8 @@ impl EpisodicExperiment {
         .to_string()
     }
 
-    fn report(&self) -> pb::EpisodicReport {
+    /// Where the experiment stands.
+    pub fn report(&self) -> pb::EpisodicReport {
         let state = self.lock();
         let stats = state.learner.stats();
         pb::EpisodicReport {

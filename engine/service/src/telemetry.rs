@@ -97,4 +97,21 @@ pub fn refresh(registry: &Registry) {
         gauge("safebet_alpha", report.definition.policy.alpha);
         gauge("safebet_model_version", stats.model_version as f64);
     }
+    // Episodic experiments under the same names where they mean the same (an episode is a round).
+    for experiment in registry.list_episodic() {
+        let report = experiment.report();
+        let gauge = |name: &'static str, value: f64| {
+            metrics::gauge!(name, "experiment" => report.experiment_id.clone()).set(value)
+        };
+        gauge("safebet_episodes", report.episodes as f64);
+        gauge(
+            "safebet_baseline_share",
+            if report.episodes == 0 { 0.0 } else { report.baseline_episodes as f64 / report.episodes as f64 },
+        );
+        if let Some(margin) = report.last_margin {
+            gauge("safebet_budget_margin", margin);
+        }
+        gauge("safebet_paused", if report.paused { 1.0 } else { 0.0 });
+        gauge("safebet_alpha", report.alpha);
+    }
 }
