@@ -1,5 +1,6 @@
 //! `safebet log`: exports the decision log from the store as CSV or JSON lines, one line per decision with
-//! its reward joined (empty when none arrived), ready for pandas or for `safebet ope log`.
+//! its reward joined (empty when none arrived), ready for pandas or for `safebet ope log`; with
+//! `--transitions`, the episodic experiments' transitions instead, one line per step.
 
 use std::collections::HashMap;
 use std::io::{BufWriter, Write as _};
@@ -22,7 +23,8 @@ pub enum Format {
 /// Export the decision log (one line per decision, its reward joined) from a service's data directory.
 ///
 /// Reads the store directly, so it works while the service runs (SQLite WAL readers do not block writers)
-/// and after it stopped. The output feeds `safebet ope log FILE`.
+/// and after it stopped. The output feeds `safebet ope log FILE`. With `--transitions`, exports the episodic
+/// experiments' transitions (episode, step, state, action, reward, next state, who drove) instead.
 #[derive(Debug, Args)]
 pub struct LogArgs {
     /// The service's data directory (`safebet serve --data-dir`).
@@ -37,6 +39,27 @@ pub struct LogArgs {
     /// Write here instead of standard output.
     #[arg(long, short)]
     output: Option<PathBuf>,
+    /// Export the episodic experiments' transitions, one line per step, instead of the bandits' decisions.
+    #[arg(long)]
+    transitions: bool,
+}
+
+/// One exported transition of an episodic experiment.
+#[derive(Debug, Serialize)]
+struct ExportedTransition {
+    experiment_id: String,
+    sequence: u64,
+    unix_ms: i64,
+    episode: u64,
+    /// "learner" or "baseline": whose policy chose the action.
+    driver: &'static str,
+    /// Whether the kill switch handed the episode to the baseline.
+    paused: bool,
+    step: usize,
+    state: usize,
+    action: usize,
+    reward: f64,
+    next_state: usize,
 }
 
 /// One exported decision. Field names match what `safebet ope log` reads.
@@ -74,6 +97,9 @@ pub fn run(args: LogArgs) -> Result<()> {
     }
     let store = SqliteStore::open(&args.data_dir)
         .with_context(|| format!("opening the store in {}", args.data_dir.display()))?;
+    if args.transitions {
+        return export_transitions(&store, &args);
+    }
     let with_features = args.format == Format::Jsonl;
     let mut decisions: Vec<ExportedDecision> = Vec::new();
     let mut index: HashMap<(String, u64), usize> = HashMap::new();
@@ -120,6 +146,11 @@ pub fn run(args: LogArgs) -> Result<()> {
         })
         .context("reading the decision log")?;
 
+    write_rows(&decisions, &args, "decisions")
+}
+
+/// Writes `rows` as the arguments say (JSON lines or CSV, to a file or standard output).
+fn write_rows<T: Serialize>(rows: &[T], args: &LogArgs, what: &str) -> Result<()> {
     let sink: Box<dyn std::io::Write> = match &args.output {
         Some(path) => Box::new(std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?),
         None => Box::new(std::io::stdout().lock()),
@@ -127,22 +158,59 @@ pub fn run(args: LogArgs) -> Result<()> {
     let mut sink = BufWriter::new(sink);
     match args.format {
         Format::Jsonl => {
-            for d in &decisions {
-                serde_json::to_writer(&mut sink, d)?;
+            for row in rows {
+                serde_json::to_writer(&mut sink, row)?;
                 sink.write_all(b"\n")?;
             }
         }
         Format::Csv => {
             let mut writer = csv::Writer::from_writer(&mut sink);
-            for d in &decisions {
-                writer.serialize(d)?;
+            for row in rows {
+                writer.serialize(row)?;
             }
             writer.flush()?;
         }
     }
     sink.flush()?;
     if let Some(path) = &args.output {
-        eprintln!("wrote {} decisions to {}", decisions.len(), path.display());
+        eprintln!("wrote {} {what} to {}", rows.len(), path.display());
     }
     Ok(())
+}
+
+fn export_transitions(store: &SqliteStore, args: &LogArgs) -> Result<()> {
+    let mut transitions = Vec::new();
+    // The latest episode start of each experiment: its steps follow it in the log.
+    let mut running: HashMap<String, (u64, bool, bool)> = HashMap::new();
+    store
+        .read_log(args.experiment.as_deref(), &mut |record| {
+            match record.entry {
+                LogEntry::EpisodeStart(start) => {
+                    running.insert(record.experiment_id, (start.episode, start.learner_drives, start.paused));
+                }
+                LogEntry::Step(step) => {
+                    let Some(&(episode, learner_drives, paused)) = running.get(&record.experiment_id) else {
+                        // A step whose episode start was compacted away: nothing says who drove it.
+                        return Ok(());
+                    };
+                    transitions.push(ExportedTransition {
+                        experiment_id: record.experiment_id,
+                        sequence: record.sequence,
+                        unix_ms: record.unix_ms,
+                        episode,
+                        driver: if learner_drives { "learner" } else { "baseline" },
+                        paused,
+                        step: step.step,
+                        state: step.state,
+                        action: step.action,
+                        reward: step.reward,
+                        next_state: step.next_state,
+                    });
+                }
+                _ => {}
+            }
+            Ok::<(), StoreError>(())
+        })
+        .context("reading the decision log")?;
+    write_rows(&transitions, args, "transitions")
 }

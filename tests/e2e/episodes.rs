@@ -123,6 +123,7 @@ async fn episodes_over_grpc_equal_the_engine_and_survive_a_restart_mid_episode()
 
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(9);
     let mut learner_episodes = 0;
+    let mut return_sum = 0.0;
     for episode in 0..40u64 {
         let plan = client.start_episode(start(None)).await.unwrap().into_inner();
         let expected = local.start_episode().unwrap();
@@ -151,6 +152,7 @@ async fn episodes_over_grpc_equal_the_engine_and_survive_a_restart_mid_episode()
         let summary = client.end_episode(end(None)).await.unwrap().into_inner();
         let expected = local.end_episode().unwrap();
         assert_eq!(summary.episode_return.to_bits(), expected.episode_return.to_bits());
+        return_sum += expected.episode_return;
     }
     let report = report(&mut client).await;
     let stats = local.stats();
@@ -160,6 +162,29 @@ async fn episodes_over_grpc_equal_the_engine_and_survive_a_restart_mid_episode()
     );
     eprintln!("40 RiverSwim episodes over gRPC, {learner_episodes} driven by the learner, restart in episode 25");
     server.stop().await.unwrap();
+
+    // `safebet log --transitions` exports every step with its episode and who drove it.
+    let jsonl = dir.path().join("transitions.jsonl");
+    let csv = dir.path().join("transitions.csv");
+    for (format, path) in [("jsonl", &jsonl), ("csv", &csv)] {
+        let status = std::process::Command::new(env!("CARGO_BIN_EXE_safebet"))
+            .args(["log", "--transitions", "--format", format, "--data-dir"])
+            .arg(dir.path())
+            .arg("--output")
+            .arg(path)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    let lines: Vec<serde_json::Value> =
+        std::fs::read_to_string(&jsonl).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 40 * 20);
+    assert_eq!(lines.iter().filter(|l| l["driver"] == "learner").count() as u64, learner_episodes * 20);
+    assert_eq!((lines[0]["episode"].clone(), lines[0]["step"].clone()), (0.into(), 0.into()));
+    assert_eq!((lines[799]["episode"].clone(), lines[799]["step"].clone()), (39.into(), 19.into()));
+    let total: f64 = lines.iter().map(|l| l["reward"].as_f64().unwrap()).sum();
+    assert!((total - return_sum).abs() < 1e-9, "exported rewards {total}, episode returns {return_sum}");
+    assert_eq!(std::fs::read_to_string(&csv).unwrap().lines().count(), 801, "a header and a line per step");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
