@@ -450,18 +450,8 @@ async fn the_log_command_exports_decisions_with_rewards_for_ope() {
     server.stop().await.unwrap();
     let jsonl = dir.path().join("log.jsonl");
     let csv = dir.path().join("log.csv");
-    for (format, path) in [("jsonl", &jsonl), ("csv", &csv)] {
-        let status = Command::new(env!("CARGO_BIN_EXE_safebet"))
-            .args(["log", "--format", format, "--data-dir"])
-            .arg(dir.path())
-            .arg("--output")
-            .arg(path)
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-    let lines: Vec<serde_json::Value> =
-        std::fs::read_to_string(&jsonl).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    export_log(dir.path(), "csv", &[], &csv);
+    let lines = export_log(dir.path(), "jsonl", &[], &jsonl);
     assert_eq!(lines.len(), 120);
     assert_eq!(lines.iter().filter(|l| l["reward"].is_null()).count(), 12);
     assert_eq!(lines[0]["features"].as_array().unwrap().len(), 6);

@@ -164,20 +164,9 @@ async fn episodes_over_grpc_equal_the_engine_and_survive_a_restart_mid_episode()
     server.stop().await.unwrap();
 
     // `safebet log --transitions` exports every step with its episode and who drove it.
-    let jsonl = dir.path().join("transitions.jsonl");
     let csv = dir.path().join("transitions.csv");
-    for (format, path) in [("jsonl", &jsonl), ("csv", &csv)] {
-        let status = std::process::Command::new(env!("CARGO_BIN_EXE_safebet"))
-            .args(["log", "--transitions", "--format", format, "--data-dir"])
-            .arg(dir.path())
-            .arg("--output")
-            .arg(path)
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-    let lines: Vec<serde_json::Value> =
-        std::fs::read_to_string(&jsonl).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    export_log(dir.path(), "csv", &["--transitions"], &csv);
+    let lines = export_log(dir.path(), "jsonl", &["--transitions"], &dir.path().join("transitions.jsonl"));
     assert_eq!(lines.len(), 40 * 20);
     assert_eq!(lines.iter().filter(|l| l["driver"] == "learner").count() as u64, learner_episodes * 20);
     assert_eq!((lines[0]["episode"].clone(), lines[0]["step"].clone()), (0.into(), 0.into()));

@@ -232,3 +232,23 @@ impl LinearProblem {
         (self.mean(features, action) + noise).clamp(0.0, 1.0)
     }
 }
+
+/// Runs `safebet log` on the store in `data` in `format` (with `extra` flags), writing to `output`, and
+/// returns the JSON lines it wrote (none for CSV).
+pub fn export_log(data: &Path, format: &str, extra: &[&str], output: &Path) -> Vec<serde_json::Value> {
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_safebet"))
+        .args(["log", "--format", format])
+        .args(extra)
+        .arg("--data-dir")
+        .arg(data)
+        .arg("--output")
+        .arg(output)
+        .status()
+        .unwrap();
+    assert!(status.success(), "safebet log {format} {extra:?}");
+    let text = std::fs::read_to_string(output).unwrap();
+    if format != "jsonl" {
+        return Vec::new();
+    }
+    text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
