@@ -19,11 +19,11 @@ pub enum Command {
     Validate(validate::ValidateArgs),
     /// Simulate a scenario's policies before rollout: regret, baseline-constraint violations, plots.
     Simulate(simulate::SimulateArgs),
-    /// Run the gRPC decision service (decisions, rewards, experiment admin, health, reflection).
+    /// Run the gRPC decision service (decisions, rewards, episodes, experiment admin, health, reflection).
     Serve(serve::ServeArgs),
     /// Off-policy evaluation: estimate a target policy's value from logged decisions (IPS, SNIPS, DM, DR).
     Ope(ope::OpeArgs),
-    /// Export the decision log from a data directory as JSON lines or CSV (rewards joined to decisions).
+    /// Export the decision log as JSON lines or CSV (rewards joined to decisions; --transitions: episode steps).
     Log(log::LogArgs),
     /// Write an experiment's complete state (model, budget ledger, pending decisions) to a file.
     Export(transfer::ExportArgs),
