@@ -25,7 +25,7 @@ pub enum Command {
     Ope(ope::OpeArgs),
     /// Export the decision log as JSON lines or CSV (rewards joined to decisions; --transitions: episode steps).
     Log(log::LogArgs),
-    /// Write an experiment's complete state (model, budget ledger, pending decisions) to a file.
+    /// Write an experiment's complete state (model, budget ledger, pending decisions or running episode) to a file.
     Export(transfer::ExportArgs),
     /// Create an experiment on a server from a file written by `safebet export`.
     Import(transfer::ImportArgs),

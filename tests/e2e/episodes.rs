@@ -659,3 +659,102 @@ async fn operators_pause_resume_and_rebudget_an_episodic_experiment() {
     assert_eq!(state(&trail[2].after)["learner"]["alpha"], 0.3);
     server.stop().await.unwrap();
 }
+
+/// `safebet export` / `safebet import` move an episodic experiment, in the middle of an episode, to another
+/// server (keyed: the CLI sends SAFEBET_API_KEY), where it continues exactly as the original; a model that
+/// is not a consistent learner is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_episodic_experiment_moves_between_servers_mid_episode() {
+    let (env, _, spec) = river();
+    let home = TestServer::start().await;
+    let (away_key, player_key) = ("away-admin-key", "away-player-key");
+    let hash = safebet_service::hash_key;
+    let keys =
+        safebet_service::Keys::parse_env(&format!("ops:admin:{},player:decide:{}", hash(away_key), hash(player_key)))
+            .unwrap();
+    let away_dir = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(safebet_service::SqliteStore::open(away_dir.path()).unwrap());
+    let away = TestServer::start_keyed(store, vec![], Limits::default(), keys).await;
+    let mut client = episodes(&home).await;
+    client
+        .create_episodic_experiment(pb::CreateEpisodicExperimentRequest { id: "river".into(), spec: Some(spec) })
+        .await
+        .unwrap();
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(21);
+    let mut state = env.start;
+    // Five whole episodes, then five steps into the sixth.
+    for episode in 0..6u64 {
+        client.start_episode(start(Some(episode))).await.unwrap();
+        state = env.start;
+        for step in 0..if episode == 5 { 5 } else { 20 } {
+            let action = client.act(act(step, state)).await.unwrap().into_inner().action as usize;
+            let (reward, next) = transition(&env, &mut rng, state, action);
+            client.observe(observe(step, state, action, reward, next)).await.unwrap();
+            state = next;
+        }
+        if episode < 5 {
+            client.end_episode(end(Some(episode))).await.unwrap();
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("river.json");
+    let cli = |args: &[&str], server: &TestServer, key: Option<&str>| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_safebet"));
+        command.args(args).arg("--server").arg(server.url());
+        match key {
+            Some(key) => command.env("SAFEBET_API_KEY", key),
+            None => command.env_remove("SAFEBET_API_KEY"),
+        };
+        command.output().unwrap()
+    };
+    let exported = cli(&["export", "river", "--output", file.to_str().unwrap()], &home, None);
+    assert!(exported.status.success(), "{}", String::from_utf8_lossy(&exported.stderr));
+    let refused = cli(&["import", file.to_str().unwrap()], &away, None);
+    assert!(!refused.status.success(), "the keyed server wants a key");
+    let imported = cli(&["import", file.to_str().unwrap()], &away, Some(away_key));
+    assert!(imported.status.success(), "{}", String::from_utf8_lossy(&imported.stderr));
+
+    // Both sides finish the running episode and play two more the same way.
+    let bearer = |key: &'static str| {
+        move |mut request: tonic::Request<()>| {
+            request.metadata_mut().insert("authorization", format!("Bearer {key}").parse().unwrap());
+            Ok(request)
+        }
+    };
+    let mut there_keyed = EpisodeServiceClient::with_interceptor(away.channel().await, bearer(player_key));
+    let mut there_admin = EpisodeServiceClient::with_interceptor(away.channel().await, bearer(away_key));
+    for episode in 5..8u64 {
+        let first = if episode == 5 { 5 } else { 0 };
+        if episode > 5 {
+            let a = client.start_episode(start(Some(episode))).await.unwrap().into_inner();
+            let b = there_keyed.start_episode(start(Some(episode))).await.unwrap().into_inner();
+            assert_eq!(a, b, "episode {episode}: the same plan on both servers");
+            state = env.start;
+        }
+        for step in first..20 {
+            let a = client.act(act(step, state)).await.unwrap().into_inner().action as usize;
+            let b = there_keyed.act(act(step, state)).await.unwrap().into_inner().action as usize;
+            assert_eq!(a, b, "episode {episode}, step {step}");
+            let (reward, next) = transition(&env, &mut rng, state, a);
+            client.observe(observe(step, state, a, reward, next)).await.unwrap();
+            there_keyed.observe(observe(step, state, a, reward, next)).await.unwrap();
+            state = next;
+        }
+        let a = client.end_episode(end(Some(episode))).await.unwrap().into_inner();
+        let b = there_keyed.end_episode(end(Some(episode))).await.unwrap().into_inner();
+        assert_eq!(a, b);
+    }
+    let bad_models = [
+        (br#"{"format": "safebet-episodic/1", "id": "x"}"#.to_vec(), "state"),
+        (br#"{"format": "safebet-experiment/1", "id": "x", "state": {}}"#.to_vec(), "format"),
+        (std::fs::read_to_string(&file).unwrap().replacen("\"visits\":[", "\"visits\":[1,", 1).into_bytes(), "visits"),
+    ];
+    for (model, reason) in bad_models {
+        let request = pb::ImportEpisodicExperimentRequest { model, id: "copy".into() };
+        let refused = there_admin.import_episodic_experiment(request).await.unwrap_err();
+        assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+        assert!(refused.message().contains(reason), "{reason}: {}", refused.message());
+    }
+    home.stop().await.unwrap();
+    away.stop().await.unwrap();
+}

@@ -461,6 +461,9 @@ fn driver(driver: Driver) -> i32 {
     driver as i32
 }
 
+/// The `format` of an exported episodic experiment.
+pub const EPISODIC_EXPORT_FORMAT: &str = "safebet-episodic/1";
+
 /// Largest number of states times actions times horizon accepted over the API: planning an episode costs
 /// H * S^2 * A, and must stay well under a second.
 const MAX_PLANNING_SIZE: u64 = 50_000_000;
@@ -704,6 +707,81 @@ impl pb::episode_service_server::EpisodeService for EpisodeApi {
         let actor = principal(&request).id;
         let id = request.into_inner().experiment_id;
         Ok(Response::new(self.steer(&actor, "resume", &id, |experiment| experiment.set_paused(false)).await?))
+    }
+
+    async fn export_episodic_experiment(
+        &self,
+        request: Request<pb::ExportEpisodicExperimentRequest>,
+    ) -> Result<Response<pb::ExportEpisodicExperimentResponse>, Status> {
+        principal(&request).check(Role::Admin, &request.get_ref().experiment_id)?;
+        let experiment = self.experiment(&request.into_inner().experiment_id)?;
+        let state = experiment.lock().clone();
+        #[derive(Serialize)]
+        struct Exported<'a> {
+            format: &'a str,
+            id: &'a str,
+            state: &'a EpisodicState,
+        }
+        let exported = Exported { format: EPISODIC_EXPORT_FORMAT, id: &experiment.id, state: &state };
+        let model = serde_json::to_vec(&exported).map_err(|e| ServiceError::FailedPrecondition(e.to_string()))?;
+        Ok(Response::new(pb::ExportEpisodicExperimentResponse {
+            experiment_id: experiment.id.clone(),
+            sequence: state.sequence,
+            model,
+        }))
+    }
+
+    async fn import_episodic_experiment(
+        &self,
+        request: Request<pb::ImportEpisodicExperimentRequest>,
+    ) -> Result<Response<pb::EpisodicExperiment>, Status> {
+        let caller = principal(&request);
+        caller.check_role(Role::Admin)?;
+        let request = request.into_inner();
+        #[derive(Deserialize)]
+        struct Exported {
+            format: String,
+            id: String,
+            state: Box<serde_json::value::RawValue>,
+        }
+        let bad = |what: String| {
+            ServiceError::InvalidArgument(format!("model is not an exported episodic experiment: {what}"))
+        };
+        let exported: Exported = serde_json::from_slice(&request.model).map_err(|e| bad(e.to_string()))?;
+        if exported.format != EPISODIC_EXPORT_FORMAT {
+            return Err(bad(format!("format '{}', expected '{EPISODIC_EXPORT_FORMAT}'", exported.format)).into());
+        }
+        let id = if request.id.is_empty() { exported.id } else { request.id };
+        check_experiment_id(&id)?;
+        caller.check(Role::Admin, &id)?;
+        let mut state: EpisodicState = serde_json::from_str(exported.state.get()).map_err(|e| bad(e.to_string()))?;
+        state.learner.check_consistent().map_err(|e| bad(e.to_string()))?;
+        check_episodic(&id, state.learner.config())?;
+        // Stored afresh: the snapshot written below is the whole of its history here.
+        (state.revision, state.flushed_revision) = (1, 0);
+        let config = state.learner.config().clone();
+        let experiment = Arc::new(EpisodicExperiment {
+            id: id.clone(),
+            state: Mutex::new(state),
+            writer: self.registry.writer().cloned(),
+        });
+        let _changes = self.changes.lock().await;
+        self.registry.check_insert(&id)?;
+        let json = serde_json::to_string(&config).map_err(|e| bad(e.to_string()))?;
+        let saved = id.clone();
+        blocking(&self.store, move |store| store.save_episodic(&saved, &json)).await.map_err(ServiceError::from)?;
+        if let (Some(writer), Some((snapshot, revision))) = (self.registry.writer(), experiment.snapshot(true)) {
+            if let Err(reason) = writer.submit(Write::Snapshot { snapshot, compact: false }).wait().await {
+                let deleted = id.clone();
+                let _ = blocking(&self.store, move |store| store.delete_episodic(&deleted)).await;
+                return Err(ServiceError::Unavailable(reason).into());
+            }
+            experiment.mark_flushed(revision);
+        }
+        self.registry.insert_episodic(experiment.clone())?;
+        tracing::info!(experiment = %id, "episodic experiment imported");
+        append_audit(&self.store, &caller.id, "import_episodic", &id, None, Some(experiment.audit_state())).await?;
+        Ok(Response::new(experiment.to_proto()))
     }
 
     async fn get_episodic_report(

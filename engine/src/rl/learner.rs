@@ -253,6 +253,43 @@ impl EpisodicLearner {
         })
     }
 
+    /// Checks a learner that was deserialised rather than built (an imported state): its configuration, and
+    /// that every table has the size and every entry the range the configuration implies, so that no later
+    /// call can index out of bounds.
+    pub fn check_consistent(&self) -> Result<(), EngineError> {
+        self.config.validate()?;
+        let (s, a, h) = (self.config.states, self.config.actions, self.config.horizon);
+        let bad = |field: &'static str, reason: String| Err(EngineError::InvalidConfig { field, reason });
+        for (field, len, expected) in [
+            ("baseline", self.baseline.len(), s * h),
+            ("visits", self.visits.len(), s * a),
+            ("reward_sums", self.reward_sums.len(), s * a),
+            ("transition_counts", self.transition_counts.len(), s * a * s),
+            ("learner_policy", self.learner_policy.len(), s * h),
+        ] {
+            if len != expected {
+                return bad(field, format!("has {len} entries, expected {expected}"));
+            }
+        }
+        for (field, policy) in [("baseline", &self.baseline), ("learner_policy", &self.learner_policy)] {
+            if let Some(&action) = policy.iter().find(|&&action| action >= a) {
+                return bad(field, format!("holds action {action}, but there are {a} actions"));
+            }
+        }
+        if !self.reward_sums.iter().all(|v| v.is_finite()) || !self.learner_lower_sum.is_finite() {
+            return bad("reward_sums", "holds a value that is not finite".into());
+        }
+        if let Some(active) = &self.active
+            && (active.step > h || !active.episode_return.is_finite() || active.episode >= self.stats.episodes)
+        {
+            return bad(
+                "active",
+                format!("episode {} at step {} is not a running episode", active.episode, active.step),
+            );
+        }
+        Ok(())
+    }
+
     /// The validated configuration.
     pub fn config(&self) -> &EpisodicConfig {
         &self.config
