@@ -69,6 +69,24 @@ pub(crate) struct Radius {
 }
 
 impl Model {
+    /// Whether the model's tables have the sizes `layout` implies and finite contents (a deserialised state).
+    pub(crate) fn fits(&self, layout: &crate::Layout) -> bool {
+        use crate::Layout;
+        match (self, layout) {
+            (Model::Shared(m), Layout::Shared { dim }) => m.ridge.is_consistent(*dim),
+            (Model::Disjoint(m), Layout::Disjoint { dim, actions }) => {
+                m.blocks.len() == *actions && m.blocks.iter().all(|block| block.is_consistent(*dim))
+            }
+            (Model::Arms(m), Layout::Arms { actions }) => {
+                m.pulls.len() == *actions
+                    && m.sums.len() == *actions
+                    && m.sums.iter().all(|v| v.is_finite())
+                    && m.history.iter().all(|h| h.len() == *actions && h.iter().all(|v| v.is_finite()))
+            }
+            _ => false,
+        }
+    }
+
     pub(crate) fn new(config: &PolicyConfig) -> Self {
         let radius = Radius {
             confidence: RadiusParams {

@@ -12,7 +12,9 @@ use crate::drift::{DriftAlarm, DriftGuard};
 use crate::error::finite;
 use crate::model::{Model, RoundValues};
 use crate::safety::{BudgetLedger, SafetyRule, select};
-use crate::{ActionSet, Algorithm, BaselineReward, BudgetCheck, EngineError, PendingResolution, PolicyConfig, Round};
+use crate::{
+    ActionSet, Algorithm, BaselineReward, BudgetCheck, EngineError, Layout, PendingResolution, PolicyConfig, Round,
+};
 
 /// Identifies a decision within its policy: 0, 1, 2, ... in decision order.
 pub type DecisionId = u64;
@@ -192,6 +194,32 @@ impl Policy {
             scratch: Scratch::default(),
             config,
         })
+    }
+
+    /// Checks a policy that was deserialised rather than built (an imported state): its configuration, that
+    /// the model's tables fit the layout, and that every pending decision can be learned from, so that no
+    /// later call can index out of bounds.
+    pub fn check_consistent(&self) -> Result<(), EngineError> {
+        self.config.validate()?;
+        let bad = |reason: String| Err(EngineError::InvalidConfig { field: "state", reason });
+        if !self.model.fits(&self.config.layout) {
+            return bad(format!("the model's tables do not fit the layout {:?}", self.config.layout));
+        }
+        let (features, actions) = match self.config.layout {
+            Layout::Shared { dim } => (dim, usize::MAX),
+            Layout::Disjoint { dim, actions } => (dim, actions),
+            Layout::Arms { actions } => (0, actions),
+        };
+        for (id, pending) in &self.pending {
+            if *id >= self.next_id
+                || pending.action >= actions
+                || pending.features.len() != features
+                || !pending.features.iter().all(|v| v.is_finite())
+            {
+                return bad(format!("pending decision {id} does not fit the layout"));
+            }
+        }
+        Ok(())
     }
 
     /// The validated configuration.

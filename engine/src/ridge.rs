@@ -79,6 +79,21 @@ impl RidgeState {
         self.theta.len()
     }
 
+    /// Whether every matrix and vector has dimension `dim` and holds only finite numbers: what a state
+    /// deserialised from outside (an import) must satisfy before any update indexes into it.
+    pub(crate) fn is_consistent(&self, dim: usize) -> bool {
+        let square = |m: &DMatrix<f64>| m.nrows() == dim && m.ncols() == dim && m.iter().all(|v| v.is_finite());
+        let vector = |v: &DVector<f64>| v.len() == dim && v.iter().all(|x| x.is_finite());
+        square(&self.gram)
+            && square(&self.gram_inv)
+            && vector(&self.response)
+            && vector(&self.theta)
+            && self.history.iter().chain(&self.history_image).all(vector)
+            && self.ln_det.is_finite()
+            && self.lambda.is_finite()
+            && self.lambda > 0.0
+    }
+
     pub(crate) fn theta(&self) -> &DVector<f64> {
         &self.theta
     }

@@ -330,3 +330,38 @@ fn epsilon_greedy_propensities_are_exact_and_thompson_ones_are_marked_estimated(
     assert_eq!(d.propensity.kind, safebet_engine::PropensityKind::Estimated);
     assert!(d.propensity.probability > 0.0 && d.propensity.probability <= 1.0);
 }
+
+/// A state from outside (an import) is checked before use: a consistent one passes for every layout, and one
+/// whose tables do not fit its configuration, or whose pending decision cannot be learned from, is refused
+/// instead of panicking at the next call.
+#[test]
+fn deserialised_states_are_checked_for_consistency() {
+    for layout in [Layout::Shared { dim: DIM }, Layout::Disjoint { dim: DIM, actions: 3 }, Layout::Arms { actions: 3 }]
+    {
+        let algorithm =
+            if matches!(layout, Layout::Arms { .. }) { Algorithm::ConservativeUcb } else { Algorithm::Clucb };
+        let mut policy = Policy::new(PolicyConfig::new(algorithm, layout)).unwrap();
+        let features = vec![0.1; 3 * DIM];
+        let context = vec![0.2; DIM];
+        let actions = match layout {
+            Layout::Shared { .. } => ActionSet::PerAction { features: &features, num_actions: 3 },
+            Layout::Disjoint { .. } => ActionSet::SharedContext { context: &context },
+            Layout::Arms { .. } => ActionSet::Arms,
+        };
+        for _ in 0..5 {
+            policy.decide(&Round { actions, baseline: 0, baseline_expected_reward: None }).unwrap();
+        }
+        let json = serde_json::to_string(&policy).unwrap();
+        let back: Policy = serde_json::from_str(&json).unwrap();
+        back.check_consistent().unwrap_or_else(|e| panic!("{layout:?}: {e}"));
+        let grown = match layout {
+            Layout::Shared { .. } => json.replacen("\"dim\":4", "\"dim\":5", 1),
+            Layout::Disjoint { .. } => json.replacen("\"actions\":3", "\"actions\":4", 1),
+            Layout::Arms { .. } => json.replacen("\"actions\":3", "\"actions\":2", 1),
+        };
+        assert_ne!(grown, json, "{layout:?}: the test must change the configuration");
+        let doctored: Policy = serde_json::from_str(&grown).unwrap();
+        let refused = doctored.check_consistent().unwrap_err().to_string();
+        assert!(refused.contains("state"), "{layout:?}: {refused}");
+    }
+}

@@ -167,6 +167,7 @@ impl AdminApi {
             return Err(bad(format!("format '{}', expected '{EXPORT_FORMAT}'", exported.format)));
         }
         let saved: SavedState = serde_json::from_str(exported.state.get()).map_err(|e| bad(e.to_string()))?;
+        saved.policy.check_consistent().map_err(|e| bad(e.to_string()))?;
         let mut definition = exported.definition;
         if !request.id.is_empty() {
             definition.id = request.id;
