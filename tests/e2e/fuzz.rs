@@ -54,6 +54,7 @@ impl Clients {
             Fuzzed::EpisodicBudget(r) => self.episodes.update_episodic_risk_budget(r).await.map(drop),
             Fuzzed::StartEpisode(r) => self.episodes.start_episode(r).await.map(drop),
             Fuzzed::EndEpisode(r) => self.episodes.end_episode(r).await.map(drop),
+            Fuzzed::ImportEpisodic(r) => self.episodes.import_episodic_experiment(r).await.map(drop),
         };
         if let Err(status) = result {
             assert!(acceptable(status.code()), "{request:?} broke the service: {status:?}");
@@ -76,6 +77,7 @@ enum Fuzzed {
     EpisodicBudget(pb::UpdateEpisodicRiskBudgetRequest),
     StartEpisode(pb::StartEpisodeRequest),
     EndEpisode(pb::EndEpisodeRequest),
+    ImportEpisodic(pb::ImportEpisodicExperimentRequest),
 }
 
 /// Arbitrary bytes decoded as every request type (those that decode at all).
@@ -116,6 +118,9 @@ fn from_bytes(bytes: &[u8]) -> Vec<Fuzzed> {
     }
     if let Ok(r) = pb::EndEpisodeRequest::decode(bytes) {
         out.push(Fuzzed::EndEpisode(r));
+    }
+    if let Ok(r) = pb::ImportEpisodicExperimentRequest::decode(bytes) {
+        out.push(Fuzzed::ImportEpisodic(r));
     }
     out
 }
@@ -171,7 +176,44 @@ fn structured() -> impl Strategy<Value = Fuzzed> {
         .prop_map(|(experiment_id, episode)| Fuzzed::StartEpisode(pb::StartEpisodeRequest { experiment_id, episode }));
     let end = (any_id(), episode)
         .prop_map(|(experiment_id, episode)| Fuzzed::EndEpisode(pb::EndEpisodeRequest { experiment_id, episode }));
-    prop_oneof![decide, reward, budget, observe, create, episodic_budget, start, end]
+    // An episodic export whose k-th number is replaced by a hostile one: sizes, counts, actions, indices.
+    let export = episodic_export();
+    let numbers = export.match_indices(|c: char| c.is_ascii_digit()).count();
+    let import = (
+        0..numbers,
+        prop_oneof![Just("-1"), Just("1e308"), Just("18446744073709551615"), Just("7"), Just("0")],
+        0u32..1000,
+    )
+        .prop_map(move |(k, hostile, suffix)| {
+            let (at, _) = export.match_indices(|c: char| c.is_ascii_digit()).nth(k).expect("k < numbers");
+            let model = format!("{}{hostile}{}", &export[..at], &export[at + 1..]);
+            let id = format!("imported-{suffix}");
+            Fuzzed::ImportEpisodic(pb::ImportEpisodicExperimentRequest { model: model.into_bytes(), id })
+        });
+    prop_oneof![decide, reward, budget, observe, create, episodic_budget, start, end, import]
+}
+
+/// A valid export of a small, fresh episodic experiment (what ExportEpisodicExperiment writes).
+fn episodic_export() -> String {
+    use safebet_engine::{EpisodicConfig, EpisodicLearner, RlAlgorithm, StartState};
+    let config = EpisodicConfig {
+        algorithm: RlAlgorithm::ConservativeUcbvi,
+        states: 3,
+        actions: 2,
+        horizon: 4,
+        start: StartState::Fixed { state: 0 },
+        baseline_policy: vec![0, 1, 0],
+        baseline_value: Some(0.5),
+        alpha: 0.1,
+        delta: 0.05,
+        reward_range: [0.0, 1.0],
+        bonus_scale: 1.0,
+    };
+    let learner = serde_json::to_string(&EpisodicLearner::new(config).unwrap()).unwrap();
+    format!(
+        r#"{{"format":"{}","id":"imported","state":{{"learner":{learner},"sequence":0}}}}"#,
+        safebet_service::EPISODIC_EXPORT_FORMAT
+    )
 }
 
 #[test]
@@ -198,6 +240,10 @@ fn fuzzed_requests_never_break_the_service_and_rejections_change_nothing() {
             .start_episode(pb::StartEpisodeRequest { experiment_id: "r".into(), ..Default::default() })
             .await
             .unwrap();
+        // The export the import cases mutate is a valid one.
+        let model = episodic_export().into_bytes();
+        let base = pb::ImportEpisodicExperimentRequest { model, id: "imported-base".into() };
+        episodes.import_episodic_experiment(base).await.unwrap();
         let clients = Clients { admin, decisions: server.decisions().await, episodes };
         (server, std::cell::RefCell::new(clients))
     });
