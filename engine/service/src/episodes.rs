@@ -249,8 +249,11 @@ impl EpisodicExperiment {
         if let Some(reason) = self.writer.as_ref().and_then(|w| w.failure()) {
             return Err(ServiceError::Unavailable(reason));
         }
+        // The state's calls name what failed ("observe"); the experiment is named here, where it is known.
         let in_context = |e: ServiceError| match e {
-            ServiceError::Engine { source, .. } => engine_error(&self.id, source),
+            ServiceError::Engine { context, source } => {
+                ServiceError::engine(format!("episodic experiment '{}', {context}", self.id), source)
+            }
             other => other,
         };
         let (result, entry) = match change(&mut state).map_err(in_context)? {
