@@ -1,7 +1,8 @@
 //! The durable decision log alone, without gRPC: what one logged decision costs the store.
 //!
 //! Commits groups of decision records (CLUCB shared layout, d = 32, K = 16: 512 doubles of features per
-//! decision, as the gRPC load generator logs them) back to back into a `SqliteStore` in a temporary directory,
+//! decision, as the gRPC load generator logs them; the rows go to SQLite, the features to the feature files)
+//! back to back into a `SqliteStore` in a temporary directory,
 //! as the service's writer thread does under saturating load, for `--seconds` (default 10). Prints records/s,
 //! the process's CPU time per record (the writer's inserts and commits plus the checkpoint thread), commit
 //! latency p50/p99/max, and the WAL and database bytes written per record.
@@ -146,9 +147,10 @@ fn main() {
     println!("commits held 50 ms or more: {} ({} ms)", slow.len(), slow.join(", "));
     let written = bytes_written().zip(io_start).map(|(end, start)| end.saturating_sub(start));
     println!(
-        "database {:.1} MB, WAL {:.1} MB at the end; {} bytes sent to storage per record",
+        "database {:.1} MB, WAL {:.1} MB, feature files {:.1} MB at the end; {} bytes sent to storage per record",
         size("") as f64 / 1e6,
         size("-wal") as f64 / 1e6,
+        store.feature_bytes_on_disk().unwrap_or(0) as f64 / 1e6,
         written.map_or("unknown".into(), |w| format!("{:.0}", w as f64 / sequence as f64)),
     );
 }

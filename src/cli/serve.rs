@@ -26,8 +26,9 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:50051")]
     listen: SocketAddr,
-    /// Directory of the embedded store: experiment definitions, the decision log and learner snapshots, in
-    /// one SQLite file (safebet.sqlite3) that sqlite3 or pandas can read while the service runs.
+    /// Directory of the embedded store: experiment definitions, the decision log and learner snapshots in
+    /// one SQLite file (safebet.sqlite3) that sqlite3 or pandas can read while the service runs, and the
+    /// decisions' features in append-only files beside it (features/*.f64le; `safebet log` exports both).
     #[arg(long, default_value = "safebet-data")]
     data_dir: PathBuf,
     /// Where state is kept.

@@ -38,6 +38,7 @@ mod decision;
 mod definition;
 mod episodes;
 mod error;
+mod feature_files;
 mod limits;
 mod log;
 mod registry;

@@ -5,7 +5,8 @@
 //! the log after it.
 //!
 //! The service talks to storage only through the [`Store`] trait. [`SqliteStore`] is the default: one file,
-//! WAL mode with `synchronous = FULL`, readable by analysts with `sqlite3` or pandas while the service runs.
+//! WAL mode with `synchronous = FULL`, readable by analysts with `sqlite3` or pandas while the service runs,
+//! plus the decisions' features in append-only files beside it (see `feature_files`).
 //! [`MemoryStore`] keeps nothing, for measuring what durability costs and for throwaway runs.
 
 use std::path::{Path, PathBuf};
@@ -16,6 +17,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 use crate::definition::ExperimentDef;
+use crate::feature_files::{FeatureFiles, FeatureRef};
 use crate::log::{DecisionRecord, EpisodeStartRecord, LogEntry, LogRecord, StepRecord, decode_features, feature_bytes};
 
 /// A storage failure. The change that failed was not made.
@@ -35,6 +37,9 @@ pub enum StoreError {
     /// The store call was abandoned because the runtime is shutting down.
     #[error("the service is shutting down")]
     ShuttingDown,
+    /// The feature files could not be written or read.
+    #[error("feature files: {0}")]
+    Features(#[from] std::io::Error),
     /// The data directory could not be created.
     #[error("cannot create data directory {path}: {source}")]
     DataDir {
@@ -197,6 +202,8 @@ pub struct SqliteStore {
     /// One connection: writes are rare (admin changes, periodic snapshots), so serialising them costs nothing
     /// and keeps SQLite's locking out of the picture.
     connection: Mutex<Connection>,
+    /// The decision features the log rows point to; locked only while `connection` is.
+    features: Mutex<FeatureFiles>,
     path: PathBuf,
     /// Stops the checkpoint thread when the store is dropped.
     stop_checkpoints: Arc<AtomicBool>,
@@ -215,6 +222,9 @@ pub const DEFAULT_WAL_RESTART_FRAMES: i64 = 262_144;
 
 /// How often the checkpoint thread copies the WAL into the database file and syncs what it copied.
 const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Feature bytes from which a commit writes them on a second thread (about 64 decisions of d = 32, K = 16).
+const PARALLEL_SYNC_BYTES: usize = 256 << 10;
 
 /// Copies the WAL back into the database every [`CHECKPOINT_INTERVAL`] without blocking the writer (PASSIVE),
 /// then syncs the database file, until `stop`.
@@ -275,8 +285,10 @@ const SCHEMA: &str = "
         state BLOB NOT NULL
     );
     -- The decision log. One row per decision, reward, timeout or risk-budget change, in the experiment's
-    -- order (sequence). Decisions carry their context in `features` (little-endian doubles) and the rest of
-    -- the decision in `detail` (JSON); rewards carry `reward`.
+    -- order (sequence). Decisions carry the rest of the decision in `detail` (JSON) and their context in the
+    -- feature files: `features_length` bytes (little-endian doubles) at `features_offset` of
+    -- features/<features_file, 8 digits>.f64le, with their CRC-32; rows written before the feature files
+    -- carry the bytes in `features`. Rewards carry `reward`.
     CREATE TABLE IF NOT EXISTS log (
         experiment_id TEXT NOT NULL,
         sequence INTEGER NOT NULL,
@@ -293,6 +305,10 @@ const SCHEMA: &str = "
         alpha REAL,
         features BLOB,
         detail TEXT,
+        features_file INTEGER,
+        features_offset INTEGER,
+        features_length INTEGER,
+        features_crc32 INTEGER,
         PRIMARY KEY (experiment_id, sequence)
     );
     CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY);
@@ -329,6 +345,8 @@ impl SqliteStore {
         connection.pragma_update(None, "synchronous", "FULL")?;
         connection.busy_timeout(std::time::Duration::from_secs(5))?;
         connection.execute_batch(SCHEMA)?;
+        add_feature_file_columns(&connection)?;
+        let features = FeatureFiles::open(data_dir)?;
         // Checkpoints (copying the WAL back into the database file) run on their own connection and thread,
         // so the decision log's commits never wait for one: SQLite's automatic checkpoint would run inside
         // the committing call every 4 MiB of log, a latency spike every few tens of milliseconds under load.
@@ -349,7 +367,13 @@ impl SqliteStore {
                 .spawn(move || checkpoint_until(&checkpointer, &database, &stop, &restart, restart_frames))
                 .map_err(|source| StoreError::DataDir { path: path.clone(), source })?;
         }
-        Ok(SqliteStore { connection: Mutex::new(connection), path, stop_checkpoints: stop, restart_wal })
+        Ok(SqliteStore {
+            connection: Mutex::new(connection),
+            features: Mutex::new(features),
+            path,
+            stop_checkpoints: stop,
+            restart_wal,
+        })
     }
 
     /// The database file.
@@ -361,6 +385,26 @@ impl SqliteStore {
         // A panic while holding the lock cannot leave SQLite half-written (transactions roll back), so the
         // connection stays usable.
         self.connection.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The feature files; lock only while holding [`SqliteStore::connection`].
+    fn features(&self) -> std::sync::MutexGuard<'_, FeatureFiles> {
+        // Appended bytes are only counted by a sync, so a panic leaves nothing half-counted.
+        self.features.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Removes the feature files no log row points into any more (after deletions and compactions).
+    fn remove_unreferenced_features(&self, connection: &Connection) -> Result<(), StoreError> {
+        let mut select = connection.prepare_cached("SELECT 1 FROM log WHERE features_file = ?1 LIMIT 1")?;
+        self.features().remove_unreferenced(&mut |file| {
+            select.exists(params![file]).map_err(|e| std::io::Error::other(e.to_string()))
+        })?;
+        Ok(())
+    }
+
+    /// Total bytes of the feature files.
+    pub fn feature_bytes_on_disk(&self) -> Result<u64, StoreError> {
+        Ok(self.features().total_bytes()?)
     }
 }
 
@@ -383,7 +427,7 @@ impl Store for SqliteStore {
         tx.execute("DELETE FROM log WHERE experiment_id = ?1", params![id])?;
         tx.execute("DELETE FROM experiments WHERE id = ?1", params![id])?;
         tx.commit()?;
-        Ok(())
+        self.remove_unreferenced_features(&connection)
     }
 
     fn save_snapshots(&self, snapshots: &[Snapshot]) -> Result<(), StoreError> {
@@ -416,7 +460,7 @@ impl Store for SqliteStore {
         };
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
-            if let Some(stored) = load_one(&connection, &id)? {
+            if let Some(stored) = load_one(&connection, &mut self.features(), &id)? {
                 out.push(stored);
             }
         }
@@ -424,7 +468,7 @@ impl Store for SqliteStore {
     }
 
     fn load_experiment(&self, id: &str) -> Result<Option<StoredExperiment>, StoreError> {
-        load_one(&self.connection(), id)
+        load_one(&self.connection(), &mut self.features(), id)
     }
 
     fn commit(&self, writes: &[Write]) -> Result<(), StoreError> {
@@ -432,42 +476,40 @@ impl Store for SqliteStore {
             return Ok(());
         }
         let mut connection = self.connection();
-        let tx = connection.transaction()?;
-        {
-            let mut insert_log = tx.prepare_cached(
-                "INSERT INTO log (experiment_id, sequence, unix_ms, kind, decision_id, event_id, action, baseline,
-                                  num_actions, propensity, played_baseline, reward, alpha, features, detail)
-                 SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15
-                 WHERE EXISTS (SELECT 1 FROM experiments WHERE id = ?1)
-                    OR EXISTS (SELECT 1 FROM episodic_experiments WHERE id = ?1)",
-            )?;
-            let mut insert_snapshot = tx.prepare_cached(
-                "INSERT INTO snapshots (experiment_id, sequence, state)
-                 SELECT ?1, ?2, ?3 WHERE EXISTS (SELECT 1 FROM experiments WHERE id = ?1)
-                                      OR EXISTS (SELECT 1 FROM episodic_experiments WHERE id = ?1)
-                 ON CONFLICT(experiment_id) DO UPDATE SET sequence = excluded.sequence, state = excluded.state",
-            )?;
-            let mut compact = tx.prepare_cached("DELETE FROM log WHERE experiment_id = ?1 AND sequence <= ?2")?;
-            let mut audit = tx.prepare_cached(
-                "INSERT INTO audit (unix_ms, actor, action, experiment_id, before, after) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )?;
-            for write in writes {
-                match write {
-                    Write::Audit(e) => {
-                        audit.execute(params![e.unix_ms, e.actor, e.action, e.experiment_id, e.before, e.after])?;
-                    }
-                    Write::Log(record) => insert_record(&mut insert_log, record)?,
-                    Write::Snapshot { snapshot, compact: drop_log } => {
-                        let sequence = to_sql_sequence(snapshot.sequence);
-                        insert_snapshot.execute(params![snapshot.experiment_id, sequence, snapshot.state])?;
-                        if *drop_log {
-                            compact.execute(params![snapshot.experiment_id, sequence])?;
-                        }
-                    }
+        let mut features = self.features();
+        features.discard();
+        // Where each decision's features will be, so the rows can point there while the bytes are written.
+        let mut feature_refs = Vec::with_capacity(writes.len());
+        for write in writes {
+            feature_refs.push(match write {
+                Write::Log(LogRecord { entry: LogEntry::Decision(d), .. }) => {
+                    Some(features.append(&feature_bytes(&d.features))?)
                 }
-            }
+                _ => None,
+            });
         }
+        let mut compacted = false;
+        let tx = connection.transaction()?;
+        // A large group's feature bytes go to disk (write + fdatasync) on a second thread while this one
+        // inserts the rows, so the two syncs of a commit overlap instead of adding up; for a small group
+        // starting the thread costs more than it saves. The rows commit only after the bytes are on
+        // disk, so a committed row never points at bytes that are not.
+        let files: &mut FeatureFiles = &mut features;
+        std::thread::scope(|scope| -> Result<(), StoreError> {
+            let syncing = (files.pending_bytes() >= PARALLEL_SYNC_BYTES).then(|| scope.spawn(move || files.sync()));
+            let inserted = insert_writes(&tx, writes, &feature_refs, &mut compacted);
+            let synced = syncing.map_or(Ok(()), |thread| {
+                thread.join().unwrap_or_else(|_| Err(std::io::Error::other("the feature-file writer panicked")))
+            });
+            inserted?;
+            Ok(synced?)
+        })?;
+        features.sync()?; // what was too small to be worth a thread (nothing if the thread synced it)
+        drop(features);
         tx.commit()?;
+        if compacted {
+            self.remove_unreferenced_features(&connection)?;
+        }
         if self.restart_wal.swap(false, Ordering::Relaxed) {
             // Between commits nothing else writes, so this copies what the last PASSIVE pass left and makes
             // the next commit write from the start of the WAL. A failure only leaves the WAL long.
@@ -484,12 +526,13 @@ impl Store for SqliteStore {
         visit: &mut dyn FnMut(LogRecord) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
         let connection = self.connection();
+        let mut features = self.features();
         let mut select = connection.prepare(&format!(
             "SELECT {LOG_COLUMNS} FROM log WHERE (?1 IS NULL OR experiment_id = ?1) ORDER BY experiment_id, sequence"
         ))?;
         let mut rows = select.query(params![experiment])?;
         while let Some(row) = rows.next()? {
-            visit(record_from_row(row)?)?;
+            visit(record_from_row(row, &mut features)?)?;
         }
         Ok(())
     }
@@ -531,7 +574,7 @@ impl Store for SqliteStore {
         tx.execute("DELETE FROM log WHERE experiment_id = ?1", params![id])?;
         tx.execute("DELETE FROM episodic_experiments WHERE id = ?1", params![id])?;
         tx.commit()?;
-        Ok(())
+        self.remove_unreferenced_features(&connection)
     }
 
     fn load_episodic(&self) -> Result<Vec<StoredEpisodic>, StoreError> {
@@ -544,7 +587,7 @@ impl Store for SqliteStore {
         };
         let mut out = Vec::with_capacity(rows.len());
         for (id, config) in rows {
-            let (snapshot, log) = snapshot_and_log(&connection, &id)?;
+            let (snapshot, log) = snapshot_and_log(&connection, &mut self.features(), &id)?;
             out.push(StoredEpisodic { id, config, snapshot, log });
         }
         Ok(out)
@@ -552,13 +595,14 @@ impl Store for SqliteStore {
 
     fn recent_log(&self, experiment: &str, limit: usize) -> Result<Vec<LogRecord>, StoreError> {
         let connection = self.connection();
+        let mut features = self.features();
         let mut select = connection.prepare_cached(&format!(
             "SELECT {LOG_COLUMNS} FROM log WHERE experiment_id = ?1 ORDER BY sequence DESC LIMIT ?2"
         ))?;
         let mut rows = select.query(params![experiment, i64::try_from(limit).unwrap_or(i64::MAX)])?;
         let mut records = Vec::new();
         while let Some(row) = rows.next()? {
-            records.push(record_from_row(row)?);
+            records.push(record_from_row(row, &mut features)?);
         }
         records.reverse();
         Ok(records)
@@ -569,12 +613,32 @@ impl Store for SqliteStore {
         let tx = connection.transaction()?;
         tx.execute("INSERT OR REPLACE INTO probe (id) VALUES (1)", [])?;
         tx.commit()?;
+        self.features().probe()?;
         Ok(())
     }
 }
 
 const LOG_COLUMNS: &str = "experiment_id, sequence, unix_ms, kind, decision_id, event_id, action, baseline, \
-                           num_actions, propensity, played_baseline, reward, alpha, features, detail";
+                           num_actions, propensity, played_baseline, reward, alpha, features, detail, \
+                           features_file, features_offset, features_length, features_crc32";
+
+/// Adds the feature-file columns to a log table created before them (SQLite has no ADD COLUMN IF NOT
+/// EXISTS), and the index that finds whether a feature file is still in use.
+fn add_feature_file_columns(connection: &Connection) -> Result<(), StoreError> {
+    let present: Vec<String> = connection
+        .prepare("SELECT name FROM pragma_table_info('log')")?
+        .query_map([], |row| row.get(0))?
+        .collect::<Result<_, _>>()?;
+    for column in ["features_file", "features_offset", "features_length", "features_crc32"] {
+        if !present.iter().any(|p| p == column) {
+            connection.execute_batch(&format!("ALTER TABLE log ADD COLUMN {column} INTEGER"))?;
+        }
+    }
+    connection.execute_batch(
+        "CREATE INDEX IF NOT EXISTS log_features_file ON log (features_file) WHERE features_file IS NOT NULL",
+    )?;
+    Ok(())
+}
 
 /// SQLite integers are i64; a sequence beyond i64::MAX would take millennia to reach.
 fn to_sql_sequence(sequence: u64) -> i64 {
@@ -593,13 +657,62 @@ struct LogColumns<'a> {
     played_baseline: Option<bool>,
     reward: Option<f64>,
     alpha: Option<f64>,
-    features: Option<std::borrow::Cow<'a, [u8]>>,
+    features: Option<FeatureRef>,
     detail: Option<String>,
 }
 
-fn insert_record(insert: &mut rusqlite::CachedStatement<'_>, record: &LogRecord) -> Result<(), StoreError> {
+/// Inserts a commit's rows into `tx` (not committed): log records, audit entries, snapshots.
+fn insert_writes(
+    tx: &rusqlite::Transaction<'_>,
+    writes: &[Write],
+    feature_refs: &[Option<FeatureRef>],
+    compacted: &mut bool,
+) -> Result<(), StoreError> {
+    let mut insert_log = tx.prepare_cached(
+        "INSERT INTO log (experiment_id, sequence, unix_ms, kind, decision_id, event_id, action, baseline,
+                          num_actions, propensity, played_baseline, reward, alpha, features_file,
+                          features_offset, features_length, features_crc32, detail)
+         SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18
+         WHERE EXISTS (SELECT 1 FROM experiments WHERE id = ?1)
+            OR EXISTS (SELECT 1 FROM episodic_experiments WHERE id = ?1)",
+    )?;
+    let mut insert_snapshot = tx.prepare_cached(
+        "INSERT INTO snapshots (experiment_id, sequence, state)
+         SELECT ?1, ?2, ?3 WHERE EXISTS (SELECT 1 FROM experiments WHERE id = ?1)
+                              OR EXISTS (SELECT 1 FROM episodic_experiments WHERE id = ?1)
+         ON CONFLICT(experiment_id) DO UPDATE SET sequence = excluded.sequence, state = excluded.state",
+    )?;
+    let mut compact = tx.prepare_cached("DELETE FROM log WHERE experiment_id = ?1 AND sequence <= ?2")?;
+    let mut audit = tx.prepare_cached(
+        "INSERT INTO audit (unix_ms, actor, action, experiment_id, before, after) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    for (write, at) in writes.iter().zip(feature_refs) {
+        match write {
+            Write::Audit(e) => {
+                audit.execute(params![e.unix_ms, e.actor, e.action, e.experiment_id, e.before, e.after])?;
+            }
+            Write::Log(record) => insert_record(&mut insert_log, record, *at)?,
+            Write::Snapshot { snapshot, compact: drop_log } => {
+                let sequence = to_sql_sequence(snapshot.sequence);
+                insert_snapshot.execute(params![snapshot.experiment_id, sequence, snapshot.state])?;
+                if *drop_log {
+                    compact.execute(params![snapshot.experiment_id, sequence])?;
+                    *compacted = true;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn insert_record(
+    insert: &mut rusqlite::CachedStatement<'_>,
+    record: &LogRecord,
+    features: Option<FeatureRef>,
+) -> Result<(), StoreError> {
     let id = record.experiment_id.as_str();
     let corrupt = |e: serde_json::Error| StoreError::Corrupt { id: id.to_owned(), reason: e.to_string() };
+    let corrupt_record = |reason: &str| StoreError::Corrupt { id: id.to_owned(), reason: reason.to_owned() };
     let detail = |json: Result<String, serde_json::Error>| json.map(Some).map_err(corrupt);
     let columns = match &record.entry {
         LogEntry::Decision(d) => LogColumns {
@@ -610,7 +723,7 @@ fn insert_record(insert: &mut rusqlite::CachedStatement<'_>, record: &LogRecord)
             num_actions: Some(d.num_actions as i64),
             propensity: Some(d.propensity),
             played_baseline: Some(d.played_baseline),
-            features: Some(feature_bytes(&d.features)),
+            features: Some(features.ok_or_else(|| corrupt_record("a decision without its features' place"))?),
             detail: detail(serde_json::to_string(d))?,
             ..LogColumns::default()
         },
@@ -648,13 +761,16 @@ fn insert_record(insert: &mut rusqlite::CachedStatement<'_>, record: &LogRecord)
         columns.played_baseline,
         columns.reward,
         columns.alpha,
-        columns.features.as_deref(),
+        columns.features.map(|f| f.file),
+        columns.features.map(|f| f.offset as i64),
+        columns.features.map(|f| f.length),
+        columns.features.map(|f| f.crc32),
         columns.detail
     ])?;
     Ok(())
 }
 
-fn record_from_row(row: &rusqlite::Row<'_>) -> Result<LogRecord, StoreError> {
+fn record_from_row(row: &rusqlite::Row<'_>, features: &mut FeatureFiles) -> Result<LogRecord, StoreError> {
     let experiment_id: String = row.get(0)?;
     let sequence: i64 = row.get(1)?;
     let unix_ms: i64 = row.get(2)?;
@@ -669,7 +785,18 @@ fn record_from_row(row: &rusqlite::Row<'_>) -> Result<LogRecord, StoreError> {
             let detail: String = row.get(14)?;
             let mut record: DecisionRecord =
                 serde_json::from_str(&detail).map_err(|e| corrupt(format!("log record {sequence}: {e}")))?;
-            let blob: Vec<u8> = row.get(13)?;
+            let blob = match row.get::<_, Option<Vec<u8>>>(13)? {
+                Some(inline) => inline,
+                None => {
+                    let at = FeatureRef {
+                        file: row.get(15)?,
+                        offset: row.get::<_, i64>(16)?.max(0) as u64,
+                        length: row.get(17)?,
+                        crc32: row.get(18)?,
+                    };
+                    features.read(at).map_err(|e| corrupt(format!("log record {sequence}: {e}")))?
+                }
+            };
             record.features =
                 decode_features(&blob).ok_or_else(|| corrupt(format!("log record {sequence}: bad features")))?;
             LogEntry::Decision(Box::new(record))
@@ -706,19 +833,27 @@ fn record_from_row(row: &rusqlite::Row<'_>) -> Result<LogRecord, StoreError> {
 }
 
 /// One experiment's definition, snapshot and log after the snapshot.
-fn load_one(connection: &Connection, id: &str) -> Result<Option<StoredExperiment>, StoreError> {
+fn load_one(
+    connection: &Connection,
+    features: &mut FeatureFiles,
+    id: &str,
+) -> Result<Option<StoredExperiment>, StoreError> {
     let json: Option<String> = connection
         .query_row("SELECT definition FROM experiments WHERE id = ?1", params![id], |row| row.get(0))
         .optional()?;
     let Some(json) = json else { return Ok(None) };
     let definition: ExperimentDef =
         serde_json::from_str(&json).map_err(|e| StoreError::Corrupt { id: id.to_owned(), reason: e.to_string() })?;
-    let (snapshot, log) = snapshot_and_log(connection, id)?;
+    let (snapshot, log) = snapshot_and_log(connection, features, id)?;
     Ok(Some(StoredExperiment { definition, snapshot, log }))
 }
 
 /// An experiment's latest snapshot and its log after the snapshot.
-fn snapshot_and_log(connection: &Connection, id: &str) -> Result<(Option<Snapshot>, Vec<LogRecord>), StoreError> {
+fn snapshot_and_log(
+    connection: &Connection,
+    features: &mut FeatureFiles,
+    id: &str,
+) -> Result<(Option<Snapshot>, Vec<LogRecord>), StoreError> {
     let snapshot = connection
         .query_row("SELECT sequence, state FROM snapshots WHERE experiment_id = ?1", params![id], |row| {
             Ok((row.get::<_, i64>(0)?, row.get::<_, Vec<u8>>(1)?))
@@ -732,7 +867,7 @@ fn snapshot_and_log(connection: &Connection, id: &str) -> Result<(Option<Snapsho
     let mut rows = select.query(params![id, after])?;
     let mut log = Vec::new();
     while let Some(row) = rows.next()? {
-        log.push(record_from_row(row)?);
+        log.push(record_from_row(row, features)?);
     }
     Ok((snapshot, log))
 }
@@ -890,5 +1025,123 @@ mod tests {
         store.commit(&[Write::Log(record(2))]).unwrap();
         store.save_definition(&def("a")).unwrap();
         assert_eq!(store.load_experiment("a").unwrap().unwrap().log, vec![]);
+    }
+    fn decision(sequence: u64, features: Vec<f64>) -> LogRecord {
+        LogRecord {
+            experiment_id: "a".into(),
+            sequence,
+            unix_ms: 5,
+            entry: LogEntry::Decision(Box::new(DecisionRecord {
+                decision_id: sequence,
+                event_id: format!("#{sequence}"),
+                client_event_id: false,
+                num_actions: 2,
+                features,
+                layout: Some(safebet_engine::FeatureLayout::Shared),
+                round_action_ids: Vec::new(),
+                baseline: 0,
+                baseline_expected_reward: None,
+                paused: false,
+                action: 1,
+                action_id: String::new(),
+                proposed_action: 1,
+                propensity: 1.0,
+                propensity_estimated: false,
+                fallback: safebet_engine::Fallback::None,
+                played_baseline: false,
+                model_version: sequence,
+            })),
+        }
+    }
+
+    #[test]
+    fn decision_features_live_in_the_feature_files_and_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let records: Vec<LogRecord> = (1..=20)
+            .map(|i| decision(i, vec![i as f64, -0.0, f64::MIN_POSITIVE / 2.0, 1e300, 0.1, -(i as f64)]))
+            .collect();
+        {
+            let store = SqliteStore::open(dir.path()).unwrap();
+            store.save_definition(&def("a")).unwrap();
+            // Two groups, as two commits of the writer.
+            store.commit(&records[..7].iter().cloned().map(Write::Log).collect::<Vec<_>>()).unwrap();
+            store.commit(&records[7..].iter().cloned().map(Write::Log).collect::<Vec<_>>()).unwrap();
+            let inline: i64 = store
+                .connection()
+                .query_row("SELECT COUNT(*) FROM log WHERE features IS NOT NULL", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(inline, 0, "no feature bytes in the rows");
+            assert_eq!(store.feature_bytes_on_disk().unwrap(), 20 * 6 * 8);
+        }
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let loaded = store.load_experiment("a").unwrap().unwrap().log;
+        let bits = |records: &[LogRecord]| -> Vec<Vec<u64>> {
+            records
+                .iter()
+                .map(|r| match &r.entry {
+                    LogEntry::Decision(d) => d.features.iter().map(|v| v.to_bits()).collect(),
+                    other => panic!("not a decision: {other:?}"),
+                })
+                .collect()
+        };
+        assert_eq!(loaded.len(), 20);
+        assert_eq!(bits(&loaded), bits(&records), "every feature bit for bit");
+        assert_eq!(store.recent_log("a", 3).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn log_rows_from_before_the_feature_files_still_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = decision(1, vec![0.25, -1.5]);
+        {
+            // The log table as it was: features inside the row, no feature-file columns.
+            let connection = Connection::open(dir.path().join(DATABASE_FILE)).unwrap();
+            connection
+                .execute_batch(
+                    "CREATE TABLE experiments (id TEXT PRIMARY KEY NOT NULL, definition TEXT NOT NULL);
+                     CREATE TABLE log (experiment_id TEXT NOT NULL, sequence INTEGER NOT NULL,
+                        unix_ms INTEGER NOT NULL, kind TEXT NOT NULL, decision_id INTEGER, event_id TEXT,
+                        action INTEGER, baseline INTEGER, num_actions INTEGER, propensity REAL,
+                        played_baseline INTEGER, reward REAL, alpha REAL, features BLOB, detail TEXT,
+                        PRIMARY KEY (experiment_id, sequence));",
+                )
+                .unwrap();
+            connection
+                .execute(
+                    "INSERT INTO experiments (id, definition) VALUES ('a', ?1)",
+                    params![serde_json::to_string(&def("a")).unwrap()],
+                )
+                .unwrap();
+            let LogEntry::Decision(d) = &old.entry else { unreachable!() };
+            connection
+                .execute(
+                    "INSERT INTO log (experiment_id, sequence, unix_ms, kind, decision_id, event_id, action,
+                                      baseline, num_actions, propensity, played_baseline, features, detail)
+                     VALUES ('a', 1, 5, 'decision', 1, '#1', 1, 0, 2, 1.0, 0, ?1, ?2)",
+                    params![crate::log::encode_features(&d.features), serde_json::to_string(d).unwrap()],
+                )
+                .unwrap();
+        }
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let new = decision(2, vec![3.0, 4.0]);
+        store.commit(&[Write::Log(new.clone())]).unwrap();
+        assert_eq!(store.load_experiment("a").unwrap().unwrap().log, vec![old, new]);
+    }
+
+    #[test]
+    fn damaged_feature_bytes_are_reported_not_replayed() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SqliteStore::open(dir.path()).unwrap();
+            store.save_definition(&def("a")).unwrap();
+            store.commit(&[Write::Log(decision(1, vec![1.0, 2.0]))]).unwrap();
+        }
+        let file = dir.path().join(crate::feature_files::FEATURES_DIR).join("00000001.f64le");
+        let mut bytes = std::fs::read(&file).unwrap();
+        bytes[3] ^= 0x10;
+        std::fs::write(&file, bytes).unwrap();
+        let error = SqliteStore::open(dir.path()).unwrap().load_experiment("a").unwrap_err();
+        assert!(matches!(&error, StoreError::Corrupt { id, .. } if id == "a"), "{error}");
+        assert!(error.to_string().contains("checksum"), "{error}");
     }
 }

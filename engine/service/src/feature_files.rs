@@ -1,0 +1,268 @@
+//! The decision log's feature bytes, kept beside the SQLite database in append-only files instead of inside
+//! its rows.
+//!
+//! A decision's features (512 doubles, 4 KiB, for d = 32 and K = 16) are most of its log record. In a row,
+//! SQLite writes them twice (into the WAL, then the checkpoint's copy into the database file) on an overflow
+//! page of their own: 25 us of CPU per decision record, against 7 us for the same rows without them
+//! (benches/decision_log.rs). Here they are written once: one `write` and one `fdatasync` per group commit,
+//! before the transaction whose rows point at them commits, so a committed row never points at bytes that
+//! are not on disk.
+//!
+//! Files are `features/NNNNNNNN.f64le` in the data directory, little-endian doubles back to back, a new file
+//! once one passes [`MAX_FILE_BYTES`]. A row keeps (file, offset, length, CRC-32), so a read checks what it
+//! got. The bytes of a commit that failed stay in the file, unreferenced and overwritten by the next commit;
+//! a file no row points at any more (its experiments deleted) is removed.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+/// Size past which the next group commit starts a new file.
+pub const MAX_FILE_BYTES: u64 = 256 << 20;
+
+/// The directory of the feature files, inside the data directory.
+pub const FEATURES_DIR: &str = "features";
+
+const EXTENSION: &str = "f64le";
+
+/// Where a decision's features are: what a log row keeps instead of the bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FeatureRef {
+    /// The file's number.
+    pub file: u32,
+    /// Byte offset in the file.
+    pub offset: u64,
+    /// Number of bytes.
+    pub length: u32,
+    /// CRC-32 (IEEE) of the bytes.
+    pub crc32: u32,
+}
+
+/// The feature files of one store. Not shared between threads: the store keeps it behind its lock.
+#[derive(Debug)]
+pub struct FeatureFiles {
+    directory: PathBuf,
+    /// The file being appended to, opened at the first append.
+    active: Option<ActiveFile>,
+    /// Bytes appended since the last [`FeatureFiles::sync`], in the active file's order.
+    pending: Vec<u8>,
+    /// Files opened for reading.
+    readers: HashMap<u32, File>,
+}
+
+#[derive(Debug)]
+struct ActiveFile {
+    number: u32,
+    file: File,
+    /// Bytes durably written (the pending ones go after them).
+    length: u64,
+}
+
+impl FeatureFiles {
+    /// The feature files in `data_dir`; creates their directory if needed. Opens no file yet.
+    pub fn open(data_dir: &Path) -> io::Result<FeatureFiles> {
+        let directory = data_dir.join(FEATURES_DIR);
+        std::fs::create_dir_all(&directory)?;
+        Ok(FeatureFiles { directory, active: None, pending: Vec::new(), readers: HashMap::new() })
+    }
+
+    fn path(&self, number: u32) -> PathBuf {
+        self.directory.join(format!("{number:08}.{EXTENSION}"))
+    }
+
+    /// The numbers of the files present, ascending.
+    fn numbers(&self) -> io::Result<Vec<u32>> {
+        let mut numbers = Vec::new();
+        for entry in std::fs::read_dir(&self.directory)? {
+            let name = entry?.file_name();
+            let name = name.to_string_lossy();
+            if let Some(number) = name.strip_suffix(&format!(".{EXTENSION}")).and_then(|n| n.parse().ok()) {
+                numbers.push(number);
+            }
+        }
+        numbers.sort_unstable();
+        Ok(numbers)
+    }
+
+    /// Queues `bytes` for the next [`FeatureFiles::sync`] and says where they will be. A group's bytes all
+    /// go to one file; a new file is started only at the first append of a group.
+    pub fn append(&mut self, bytes: &[u8]) -> io::Result<FeatureRef> {
+        let length = u32::try_from(bytes.len())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "features of 4 GiB or more"))?;
+        if self.pending.is_empty() {
+            self.roll_if_needed()?;
+        }
+        let active = self.active.as_ref().expect("roll_if_needed opened a file");
+        let offset = active.length + self.pending.len() as u64;
+        self.pending.extend_from_slice(bytes);
+        Ok(FeatureRef { file: active.number, offset, length, crc32: crc32fast::hash(bytes) })
+    }
+
+    /// Opens the newest file for appending, or starts a new one when there is none or it is full.
+    fn roll_if_needed(&mut self) -> io::Result<()> {
+        if self.active.as_ref().is_some_and(|a| a.length < MAX_FILE_BYTES) {
+            return Ok(());
+        }
+        let newest = self.numbers()?.last().copied();
+        if self.active.is_none()
+            && let Some(number) = newest
+        {
+            let file = std::fs::OpenOptions::new().read(true).write(true).open(self.path(number))?;
+            let length = file.metadata()?.len();
+            if length < MAX_FILE_BYTES {
+                self.active = Some(ActiveFile { number, file, length });
+                return Ok(());
+            }
+        }
+        let number = newest.map_or(1, |n| n + 1);
+        let file = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(self.path(number))?;
+        // The new file's name must survive a power cut too, or rows committed into it would point nowhere.
+        File::open(&self.directory)?.sync_all()?;
+        self.active = Some(ActiveFile { number, file, length: 0 });
+        Ok(())
+    }
+
+    /// Writes what was appended since the last call and waits until it is on disk. On failure nothing
+    /// appended since the last sync counts: the next group writes over it.
+    pub fn sync(&mut self) -> io::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let active = self.active.as_mut().expect("append opened a file");
+        let written = active.file.write_all_at(&self.pending, active.length).and_then(|()| active.file.sync_data());
+        if written.is_ok() {
+            active.length += self.pending.len() as u64;
+        }
+        self.pending.clear();
+        written
+    }
+
+    /// Bytes appended since the last sync.
+    pub fn pending_bytes(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Forgets what was appended since the last sync (its transaction did not commit).
+    pub fn discard(&mut self) {
+        self.pending.clear();
+    }
+
+    /// Reads and checks the bytes `at` points to.
+    pub fn read(&mut self, at: FeatureRef) -> Result<Vec<u8>, String> {
+        let file = match self.readers.entry(at.file) {
+            std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+            std::collections::hash_map::Entry::Vacant(entry) => {
+                let path = self.directory.join(format!("{:08}.{EXTENSION}", at.file));
+                entry.insert(File::open(&path).map_err(|e| format!("feature file {}: {e}", path.display()))?)
+            }
+        };
+        let mut bytes = vec![0; at.length as usize];
+        file.read_exact_at(&mut bytes, at.offset)
+            .map_err(|e| format!("features at {} bytes {}..+{}: {e}", at.file, at.offset, at.length))?;
+        if crc32fast::hash(&bytes) != at.crc32 {
+            return Err(format!("features at {} bytes {}..+{} fail their checksum", at.file, at.offset, at.length));
+        }
+        Ok(bytes)
+    }
+
+    /// Removes every file but the newest for which `referenced` says no row points into it any more.
+    pub fn remove_unreferenced(&mut self, referenced: &mut dyn FnMut(u32) -> io::Result<bool>) -> io::Result<()> {
+        let numbers = self.numbers()?;
+        let newest = numbers.last().copied();
+        for number in numbers {
+            let in_use = Some(number) == newest || self.active.as_ref().is_some_and(|a| a.number == number);
+            if !in_use && !referenced(number)? {
+                self.readers.remove(&number);
+                std::fs::remove_file(self.path(number))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a file can be written and synced in the directory now (after a failure, before resuming).
+    pub fn probe(&self) -> io::Result<()> {
+        let path = self.directory.join("probe");
+        let written = std::fs::write(&path, [0; 8]).and_then(|()| File::open(&path)?.sync_all());
+        let _ = std::fs::remove_file(&path);
+        written
+    }
+
+    /// Total bytes in the feature files (for benchmarks and metrics).
+    pub fn total_bytes(&self) -> io::Result<u64> {
+        let mut total = 0;
+        for number in self.numbers()? {
+            total += std::fs::metadata(self.path(number))?.len();
+        }
+        Ok(total)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn appended_bytes_read_back_after_a_sync_and_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut files = FeatureFiles::open(dir.path()).unwrap();
+        let first = files.append(&[1, 2, 3]).unwrap();
+        let second = files.append(&[4, 5]).unwrap();
+        files.sync().unwrap();
+        assert_eq!((first.file, first.offset, second.offset), (1, 0, 3));
+        let mut reopened = FeatureFiles::open(dir.path()).unwrap();
+        assert_eq!(reopened.read(first).unwrap(), vec![1, 2, 3]);
+        assert_eq!(reopened.read(second).unwrap(), vec![4, 5]);
+        // Appends continue after what is there.
+        let third = reopened.append(&[6]).unwrap();
+        reopened.sync().unwrap();
+        assert_eq!((third.file, third.offset), (1, 5));
+    }
+
+    #[test]
+    fn a_discarded_group_is_written_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut files = FeatureFiles::open(dir.path()).unwrap();
+        files.append(&[9; 8]).unwrap();
+        files.discard();
+        let kept = files.append(&[7; 4]).unwrap();
+        files.sync().unwrap();
+        assert_eq!(kept.offset, 0);
+        assert_eq!(files.read(kept).unwrap(), vec![7; 4]);
+    }
+
+    #[test]
+    fn damaged_or_missing_bytes_are_an_error_not_garbage() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut files = FeatureFiles::open(dir.path()).unwrap();
+        let at = files.append(&[1; 16]).unwrap();
+        files.sync().unwrap();
+        let path = dir.path().join(FEATURES_DIR).join("00000001.f64le");
+        std::fs::write(&path, [1; 15].iter().chain(&[2]).copied().collect::<Vec<u8>>()).unwrap();
+        let mut reread = FeatureFiles::open(dir.path()).unwrap();
+        assert!(reread.read(at).unwrap_err().contains("checksum"));
+        assert!(reread.read(FeatureRef { offset: 8, length: 16, ..at }).is_err());
+        assert!(reread.read(FeatureRef { file: 2, ..at }).is_err());
+    }
+
+    #[test]
+    fn full_files_roll_over_and_unreferenced_ones_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut files = FeatureFiles::open(dir.path()).unwrap();
+        let first = files.append(&[1; 8]).unwrap();
+        files.sync().unwrap();
+        files.active.as_mut().unwrap().length = MAX_FILE_BYTES; // as if full
+        let second = files.append(&[2; 8]).unwrap();
+        let same_group = files.append(&[3; 8]).unwrap();
+        files.sync().unwrap();
+        assert_eq!((first.file, second.file, same_group.file), (1, 2, 2));
+        // File 1 still referenced: kept. The newest is kept whatever it holds.
+        files.remove_unreferenced(&mut |n| Ok(n == 1)).unwrap();
+        assert_eq!(files.numbers().unwrap(), vec![1, 2]);
+        files.remove_unreferenced(&mut |_| Ok(false)).unwrap();
+        assert_eq!(files.numbers().unwrap(), vec![2]);
+        assert!(files.read(first).is_err());
+        assert_eq!(files.read(same_group).unwrap(), vec![3; 8]);
+    }
+}
