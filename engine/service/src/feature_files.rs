@@ -18,6 +18,8 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, Sender, channel};
 
 /// Size past which the next group commit starts a new file.
 pub const MAX_FILE_BYTES: u64 = 256 << 20;
@@ -50,12 +52,33 @@ pub struct FeatureFiles {
     pending: Vec<u8>,
     /// Files opened for reading.
     readers: HashMap<u32, File>,
+    /// The thread that writes and syncs a group's bytes while the caller inserts its rows, started at the
+    /// first sync; with the channel its answers come back on.
+    syncer: Option<(Sender<SyncJob>, Receiver<SyncDone>)>,
+    /// Bytes handed to the syncer and not yet answered for.
+    in_flight: Option<usize>,
+}
+
+/// Bytes to write at `offset` of `file` and sync.
+struct SyncJob {
+    file: Arc<File>,
+    offset: u64,
+    bytes: Vec<u8>,
+}
+
+/// The outcome, with the buffer handed back for the next group (so steady state allocates nothing).
+type SyncDone = (io::Result<()>, Vec<u8>);
+
+impl std::fmt::Debug for SyncJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SyncJob({} bytes at {})", self.bytes.len(), self.offset)
+    }
 }
 
 #[derive(Debug)]
 struct ActiveFile {
     number: u32,
-    file: File,
+    file: Arc<File>,
     /// Bytes durably written (the pending ones go after them).
     length: u64,
 }
@@ -65,7 +88,14 @@ impl FeatureFiles {
     pub fn open(data_dir: &Path) -> io::Result<FeatureFiles> {
         let directory = data_dir.join(FEATURES_DIR);
         std::fs::create_dir_all(&directory)?;
-        Ok(FeatureFiles { directory, active: None, pending: Vec::new(), readers: HashMap::new() })
+        Ok(FeatureFiles {
+            directory,
+            active: None,
+            pending: Vec::new(),
+            readers: HashMap::new(),
+            syncer: None,
+            in_flight: None,
+        })
     }
 
     fn path(&self, number: u32) -> PathBuf {
@@ -89,6 +119,7 @@ impl FeatureFiles {
     /// Queues `bytes` for the next [`FeatureFiles::sync`] and says where they will be. A group's bytes all
     /// go to one file; a new file is started only at the first append of a group.
     pub fn append(&mut self, bytes: &[u8]) -> io::Result<FeatureRef> {
+        debug_assert!(self.in_flight.is_none(), "append while a sync is in flight");
         let length = u32::try_from(bytes.len())
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "features of 4 GiB or more"))?;
         if self.pending.is_empty() {
@@ -112,7 +143,7 @@ impl FeatureFiles {
             let file = std::fs::OpenOptions::new().read(true).write(true).open(self.path(number))?;
             let length = file.metadata()?.len();
             if length < MAX_FILE_BYTES {
-                self.active = Some(ActiveFile { number, file, length });
+                self.active = Some(ActiveFile { number, file: Arc::new(file), length });
                 return Ok(());
             }
         }
@@ -120,32 +151,71 @@ impl FeatureFiles {
         let file = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(self.path(number))?;
         // The new file's name must survive a power cut too, or rows committed into it would point nowhere.
         File::open(&self.directory)?.sync_all()?;
-        self.active = Some(ActiveFile { number, file, length: 0 });
+        self.active = Some(ActiveFile { number, file: Arc::new(file), length: 0 });
         Ok(())
     }
 
-    /// Writes what was appended since the last call and waits until it is on disk. On failure nothing
+    /// Writes what was appended since the last sync and waits until it is on disk. On failure nothing
     /// appended since the last sync counts: the next group writes over it.
+    #[cfg(test)]
     pub fn sync(&mut self) -> io::Result<()> {
-        if self.pending.is_empty() {
-            return Ok(());
-        }
-        let active = self.active.as_mut().expect("append opened a file");
-        let written = active.file.write_all_at(&self.pending, active.length).and_then(|()| active.file.sync_data());
-        if written.is_ok() {
-            active.length += self.pending.len() as u64;
-        }
-        self.pending.clear();
-        written
+        self.start_sync();
+        self.finish_sync()
     }
 
-    /// Bytes appended since the last sync.
-    pub fn pending_bytes(&self) -> usize {
-        self.pending.len()
+    /// Starts writing and syncing what was appended, on the syncer thread, so the caller can insert the rows
+    /// meanwhile; [`FeatureFiles::finish_sync`] waits for it. Appending must wait until then.
+    pub fn start_sync(&mut self) {
+        if self.pending.is_empty() || self.in_flight.is_some() {
+            return;
+        }
+        let active = self.active.as_ref().expect("append opened a file");
+        let (sender, _) = self.syncer.get_or_insert_with(start_syncer);
+        let job =
+            SyncJob { file: active.file.clone(), offset: active.length, bytes: std::mem::take(&mut self.pending) };
+        let length = job.bytes.len();
+        match sender.send(job) {
+            Ok(()) => self.in_flight = Some(length),
+            // The thread is gone (it cannot be, short of a panic): write here instead.
+            Err(returned) => {
+                self.pending = returned.0.bytes;
+                self.syncer = None;
+                let written = write_and_sync(&returned.0.file, returned.0.offset, &self.pending);
+                self.pending.clear();
+                self.in_flight = None;
+                if written.is_ok()
+                    && let Some(active) = self.active.as_mut()
+                {
+                    active.length += length as u64;
+                }
+            }
+        }
+    }
+
+    /// Waits for the sync [`FeatureFiles::start_sync`] started, if one is running.
+    pub fn finish_sync(&mut self) -> io::Result<()> {
+        let Some(length) = self.in_flight.take() else { return Ok(()) };
+        let answer = self.syncer.as_ref().map(|(_, done)| done.recv());
+        let (written, mut buffer) = match answer {
+            Some(Ok(done)) => done,
+            _ => {
+                self.syncer = None;
+                (Err(io::Error::other("the feature-file syncer stopped")), Vec::new())
+            }
+        };
+        if written.is_ok()
+            && let Some(active) = self.active.as_mut()
+        {
+            active.length += length as u64;
+        }
+        buffer.clear();
+        self.pending = buffer;
+        written
     }
 
     /// Forgets what was appended since the last sync (its transaction did not commit).
     pub fn discard(&mut self) {
+        let _ = self.finish_sync();
         self.pending.clear();
     }
 
@@ -197,6 +267,30 @@ impl FeatureFiles {
         }
         Ok(total)
     }
+}
+
+fn write_and_sync(file: &File, offset: u64, bytes: &[u8]) -> io::Result<()> {
+    file.write_all_at(bytes, offset)?;
+    file.sync_data()
+}
+
+/// The syncer thread: it ends when its [`FeatureFiles`] is dropped (the job channel closes).
+fn start_syncer() -> (Sender<SyncJob>, Receiver<SyncDone>) {
+    let (jobs, incoming) = channel::<SyncJob>();
+    let (answers, done) = channel::<SyncDone>();
+    let spawned = std::thread::Builder::new().name("safebet-features".into()).spawn(move || {
+        for job in incoming {
+            let written = write_and_sync(&job.file, job.offset, &job.bytes);
+            if answers.send((written, job.bytes)).is_err() {
+                return;
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        // Sends then fail, and start_sync writes on the caller's thread.
+        tracing::warn!(error = %e, "cannot start the feature-file syncer; syncing inline");
+    }
+    (jobs, done)
 }
 
 #[cfg(test)]

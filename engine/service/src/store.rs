@@ -223,9 +223,6 @@ pub const DEFAULT_WAL_RESTART_FRAMES: i64 = 262_144;
 /// How often the checkpoint thread copies the WAL into the database file and syncs what it copied.
 const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
 
-/// Feature bytes from which a commit writes them on a second thread (about 64 decisions of d = 32, K = 16).
-const PARALLEL_SYNC_BYTES: usize = 256 << 10;
-
 /// Copies the WAL back into the database every [`CHECKPOINT_INTERVAL`] without blocking the writer (PASSIVE),
 /// then syncs the database file, until `stop`.
 ///
@@ -490,21 +487,14 @@ impl Store for SqliteStore {
         }
         let mut compacted = false;
         let tx = connection.transaction()?;
-        // A large group's feature bytes go to disk (write + fdatasync) on a second thread while this one
-        // inserts the rows, so the two syncs of a commit overlap instead of adding up; for a small group
-        // starting the thread costs more than it saves. The rows commit only after the bytes are on
-        // disk, so a committed row never points at bytes that are not.
-        let files: &mut FeatureFiles = &mut features;
-        std::thread::scope(|scope| -> Result<(), StoreError> {
-            let syncing = (files.pending_bytes() >= PARALLEL_SYNC_BYTES).then(|| scope.spawn(move || files.sync()));
-            let inserted = insert_writes(&tx, writes, &feature_refs, &mut compacted);
-            let synced = syncing.map_or(Ok(()), |thread| {
-                thread.join().unwrap_or_else(|_| Err(std::io::Error::other("the feature-file writer panicked")))
-            });
-            inserted?;
-            Ok(synced?)
-        })?;
-        features.sync()?; // what was too small to be worth a thread (nothing if the thread synced it)
+        // The feature bytes go to disk (write + fdatasync) on the feature files' own thread while this one
+        // inserts the rows, so the two syncs of a commit overlap instead of adding up. The rows commit only
+        // after the bytes are on disk, so a committed row never points at bytes that are not.
+        features.start_sync();
+        let inserted = insert_writes(&tx, writes, &feature_refs, &mut compacted);
+        let synced = features.finish_sync();
+        inserted?;
+        synced?;
         drop(features);
         tx.commit()?;
         if compacted {
