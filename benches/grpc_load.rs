@@ -5,13 +5,15 @@
 //! 1. unary `Decide`, closed loop, 64 requests in flight;
 //! 2. unary `Decide`, open loop at a fixed 20,000 decisions/s, at most 64 in flight (latency at the target
 //!    rate; by Little's law a closed loop at 64 in flight can only reach p99 < 2 ms above ~32k/s);
-//! 3. `DecideBatch` of 100, closed loop, 4 batches in flight.
+//! 3. `DecideBatch` of 100, closed loop, 8 batches in flight.
 //!
-//! `cargo bench --bench grpc_load` (add `-- --seconds 10` for longer runs). Prints decisions/s, latency
-//! p50/p99/p99.9 and the CPU time (client + server) per decision for each scenario. Features travel as
-//! little-endian bytes (`features_le`); `--encoding packed` sends them as `repeated double` instead. By default every decision and reward goes through the durable SQLite decision
-//! log (group commit, fsync) in a temporary directory under `--data-dir DIR` (default `.`); `--store memory`
-//! logs nothing, to measure what durability costs.
+//! `cargo bench --bench grpc_load` (add `-- --seconds 10` for longer runs, `--only unary|open|batch` for one
+//! scenario). Prints decisions/s, latency p50/p99/p99.9 and the CPU time (client + server) per decision for
+//! each scenario. Features travel as little-endian bytes (`features_le`); `--encoding packed` sends them as
+//! `repeated double` instead. By default every decision goes through the durable decision log (group commit,
+//! fsync) in a temporary directory under `--data-dir DIR` (default `.`); `--store memory` logs nothing, to
+//! measure what durability costs. `--timeline FILE` writes the open loop's every request (due time, latency;
+//! CSV) to see when the slow ones happened; `--server-threads N` / `--client-threads N` (default 2 each).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -172,7 +174,15 @@ async fn unary_closed_loop(
 /// tokio's timers tick in milliseconds, so requests leave in bursts of up to one millisecond's worth (20):
 /// a harsher arrival pattern than an even one, and no pacing thread or task per request eating the cores the
 /// server needs.
-async fn unary_open_loop(channels: &[Channel], pool: Arc<Vec<pb::DecideRequest>>, run: Duration) -> Measured {
+///
+/// With `timeline`, writes every request's due time and latency (CSV, milliseconds) there, to see when the
+/// slow ones happened.
+async fn unary_open_loop(
+    channels: &[Channel],
+    pool: Arc<Vec<pb::DecideRequest>>,
+    run: Duration,
+    timeline: Option<&str>,
+) -> Measured {
     let cpu_start = cpu_seconds();
     let start = Instant::now();
     let total = (OPEN_LOOP_RATE * run.as_secs_f64()) as u64;
@@ -198,18 +208,27 @@ async fn unary_open_loop(channels: &[Channel], pool: Arc<Vec<pb::DecideRequest>>
                     due
                 };
                 client.decide(pool[n as usize % pool.len()].clone()).await.expect("decide");
-                latencies.push(timed_from.elapsed().as_nanos() as u64);
+                latencies.push((n, timed_from.elapsed().as_nanos() as u64));
             }
             (latencies, late)
         }));
     }
-    let mut latencies = Vec::with_capacity(total as usize);
+    let mut timed = Vec::with_capacity(total as usize);
     let mut late = 0;
     for task in tasks {
         let (mut l, n) = task.await.unwrap();
-        latencies.append(&mut l);
+        timed.append(&mut l);
         late += n;
     }
+    if let Some(path) = timeline {
+        timed.sort_unstable();
+        let mut csv = String::from("due_ms,latency_ms\n");
+        for (n, latency) in &timed {
+            csv.push_str(&format!("{:.3},{:.3}\n", *n as f64 * 1e3 / OPEN_LOOP_RATE, *latency as f64 / 1e6));
+        }
+        std::fs::write(path, csv).expect("writing the timeline");
+    }
+    let latencies: Vec<u64> = timed.into_iter().map(|(_, latency)| latency).collect();
     let elapsed = start.elapsed();
     println!("  (open loop: {late} requests were sent after they were due, timed from when they were due)");
     let cpu = cpu_seconds() - cpu_start;
@@ -265,6 +284,7 @@ fn main() {
         .and_then(|s| s.parse::<f64>().ok())
         .unwrap_or(5.0);
     let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).cloned();
+    let timeline = args.iter().position(|a| a == "--timeline").and_then(|i| args.get(i + 1)).cloned();
     let wanted = move |name: &str| only.as_deref().is_none_or(|o| o == name);
     let run = Duration::from_secs_f64(seconds);
     let warmup = Duration::from_secs(1);
@@ -359,7 +379,7 @@ fn main() {
             tokio::time::sleep(settle).await;
         }
         if wanted("open") {
-            unary_open_loop(&channels, pool.clone(), run)
+            unary_open_loop(&channels, pool.clone(), run, timeline.as_deref())
                 .await
                 .print(&format!("Decide, open loop at {OPEN_LOOP_RATE:.0}/s, <= {IN_FLIGHT} in flight"), "call");
             tokio::time::sleep(settle).await;
