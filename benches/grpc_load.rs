@@ -175,17 +175,25 @@ async fn unary_closed_loop(
 /// a harsher arrival pattern than an even one, and no pacing thread or task per request eating the cores the
 /// server needs.
 ///
-/// With `timeline`, writes every request's due time and latency (CSV, milliseconds) there, to see when the
-/// slow ones happened.
+/// The first `warmup` runs at the same rate unmeasured, as the closed loops' first second does: the server's
+/// tables of pending decisions grow under this load (the generator reports no rewards), and their first
+/// doublings are start-up, not steady state. With `timeline`, writes every measured request's due time and
+/// latency (CSV, milliseconds) there, to see when the slow ones happened.
 async fn unary_open_loop(
     channels: &[Channel],
     pool: Arc<Vec<pb::DecideRequest>>,
     run: Duration,
+    warmup: Duration,
     timeline: Option<&str>,
 ) -> Measured {
-    let cpu_start = cpu_seconds();
     let start = Instant::now();
-    let total = (OPEN_LOOP_RATE * run.as_secs_f64()) as u64;
+    let measure_from = start + warmup;
+    let cpu_start = tokio::spawn(async move {
+        tokio::time::sleep_until(measure_from.into()).await;
+        cpu_seconds()
+    });
+    let warm = (OPEN_LOOP_RATE * warmup.as_secs_f64()) as u64;
+    let total = warm + (OPEN_LOOP_RATE * run.as_secs_f64()) as u64;
     let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut tasks = Vec::new();
     for task in 0..IN_FLIGHT {
@@ -204,11 +212,13 @@ async fn unary_open_loop(
                     tokio::time::sleep_until(due.into()).await;
                     Instant::now()
                 } else {
-                    late += 1;
+                    late += u64::from(n >= warm);
                     due
                 };
                 client.decide(pool[n as usize % pool.len()].clone()).await.expect("decide");
-                latencies.push((n, timed_from.elapsed().as_nanos() as u64));
+                if n >= warm {
+                    latencies.push((n - warm, timed_from.elapsed().as_nanos() as u64));
+                }
             }
             (latencies, late)
         }));
@@ -229,9 +239,9 @@ async fn unary_open_loop(
         std::fs::write(path, csv).expect("writing the timeline");
     }
     let latencies: Vec<u64> = timed.into_iter().map(|(_, latency)| latency).collect();
-    let elapsed = start.elapsed();
+    let elapsed = measure_from.elapsed();
     println!("  (open loop: {late} requests were sent after they were due, timed from when they were due)");
-    let cpu = cpu_seconds() - cpu_start;
+    let cpu = cpu_seconds() - cpu_start.await.unwrap();
     Measured { decisions: latencies.len() as u64, elapsed, latencies, cpu }
 }
 
@@ -379,7 +389,7 @@ fn main() {
             tokio::time::sleep(settle).await;
         }
         if wanted("open") {
-            unary_open_loop(&channels, pool.clone(), run, timeline.as_deref())
+            unary_open_loop(&channels, pool.clone(), run, warmup, timeline.as_deref())
                 .await
                 .print(&format!("Decide, open loop at {OPEN_LOOP_RATE:.0}/s, <= {IN_FLIGHT} in flight"), "call");
             tokio::time::sleep(settle).await;
