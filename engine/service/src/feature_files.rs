@@ -159,15 +159,16 @@ impl FeatureFiles {
     /// appended since the last sync counts: the next group writes over it.
     #[cfg(test)]
     pub fn sync(&mut self) -> io::Result<()> {
-        self.start_sync();
+        self.start_sync()?;
         self.finish_sync()
     }
 
     /// Starts writing and syncing what was appended, on the syncer thread, so the caller can insert the rows
-    /// meanwhile; [`FeatureFiles::finish_sync`] waits for it. Appending must wait until then.
-    pub fn start_sync(&mut self) {
+    /// meanwhile; [`FeatureFiles::finish_sync`] waits for it. Appending must wait until then. An error
+    /// here (only when the syncer thread is gone and the bytes were written inline) means they did not count.
+    pub fn start_sync(&mut self) -> io::Result<()> {
         if self.pending.is_empty() || self.in_flight.is_some() {
-            return;
+            return Ok(());
         }
         let active = self.active.as_ref().expect("append opened a file");
         let (sender, _) = self.syncer.get_or_insert_with(start_syncer);
@@ -175,19 +176,22 @@ impl FeatureFiles {
             SyncJob { file: active.file.clone(), offset: active.length, bytes: std::mem::take(&mut self.pending) };
         let length = job.bytes.len();
         match sender.send(job) {
-            Ok(()) => self.in_flight = Some(length),
+            Ok(()) => {
+                self.in_flight = Some(length);
+                Ok(())
+            }
             // The thread is gone (it cannot be, short of a panic): write here instead.
             Err(returned) => {
                 self.pending = returned.0.bytes;
                 self.syncer = None;
                 let written = write_and_sync(&returned.0.file, returned.0.offset, &self.pending);
                 self.pending.clear();
-                self.in_flight = None;
                 if written.is_ok()
                     && let Some(active) = self.active.as_mut()
                 {
                     active.length += length as u64;
                 }
+                written
             }
         }
     }
@@ -228,6 +232,14 @@ impl FeatureFiles {
                 entry.insert(File::open(&path).map_err(|e| format!("feature file {}: {e}", path.display()))?)
             }
         };
+        // A damaged row must not make us allocate gigabytes: check the range against the file first.
+        let size = file.metadata().map_err(|e| format!("feature file {}: {e}", at.file))?.len();
+        if at.offset.saturating_add(u64::from(at.length)) > size {
+            return Err(format!(
+                "features at {} bytes {}..+{} lie beyond the file's end ({size} bytes)",
+                at.file, at.offset, at.length
+            ));
+        }
         let mut bytes = vec![0; at.length as usize];
         file.read_exact_at(&mut bytes, at.offset)
             .map_err(|e| format!("features at {} bytes {}..+{}: {e}", at.file, at.offset, at.length))?;
@@ -336,7 +348,8 @@ mod tests {
         std::fs::write(&path, [1; 15].iter().chain(&[2]).copied().collect::<Vec<u8>>()).unwrap();
         let mut reread = FeatureFiles::open(dir.path()).unwrap();
         assert!(reread.read(at).unwrap_err().contains("checksum"));
-        assert!(reread.read(FeatureRef { offset: 8, length: 16, ..at }).is_err());
+        assert!(reread.read(FeatureRef { offset: 8, length: 16, ..at }).unwrap_err().contains("beyond"));
+        assert!(reread.read(FeatureRef { length: u32::MAX, ..at }).unwrap_err().contains("beyond"));
         assert!(reread.read(FeatureRef { file: 2, ..at }).is_err());
     }
 

@@ -490,7 +490,7 @@ impl Store for SqliteStore {
         // The feature bytes go to disk (write + fdatasync) on the feature files' own thread while this one
         // inserts the rows, so the two syncs of a commit overlap instead of adding up. The rows commit only
         // after the bytes are on disk, so a committed row never points at bytes that are not.
-        features.start_sync();
+        features.start_sync()?;
         let inserted = insert_writes(&tx, writes, &feature_refs, &mut compacted);
         let synced = features.finish_sync();
         inserted?;
