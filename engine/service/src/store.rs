@@ -390,13 +390,20 @@ impl SqliteStore {
         self.features.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Removes the feature files no log row points into any more (after deletions and compactions).
-    fn remove_unreferenced_features(&self, connection: &Connection) -> Result<(), StoreError> {
-        let mut select = connection.prepare_cached("SELECT 1 FROM log WHERE features_file = ?1 LIMIT 1")?;
-        self.features().remove_unreferenced(&mut |file| {
-            select.exists(params![file]).map_err(|e| std::io::Error::other(e.to_string()))
-        })?;
-        Ok(())
+    /// Removes the feature files no log row points into any more (after deletions and compactions). Runs
+    /// after the change committed, so a failure only leaves disk space in use: it is logged, not returned.
+    fn remove_unreferenced_features(&self, connection: &Connection) {
+        let removed = connection
+            .prepare_cached("SELECT 1 FROM log WHERE features_file = ?1 LIMIT 1")
+            .map_err(|e| std::io::Error::other(e.to_string()));
+        let removed = removed.and_then(|mut select| {
+            self.features().remove_unreferenced(&mut |file| {
+                select.exists(params![file]).map_err(|e| std::io::Error::other(e.to_string()))
+            })
+        });
+        if let Err(e) = removed {
+            tracing::warn!(error = %e, "removing unused feature files failed; they stay until the next deletion");
+        }
     }
 
     /// Total bytes of the feature files.
@@ -424,7 +431,8 @@ impl Store for SqliteStore {
         tx.execute("DELETE FROM log WHERE experiment_id = ?1", params![id])?;
         tx.execute("DELETE FROM experiments WHERE id = ?1", params![id])?;
         tx.commit()?;
-        self.remove_unreferenced_features(&connection)
+        self.remove_unreferenced_features(&connection);
+        Ok(())
     }
 
     fn save_snapshots(&self, snapshots: &[Snapshot]) -> Result<(), StoreError> {
@@ -498,7 +506,7 @@ impl Store for SqliteStore {
         drop(features);
         tx.commit()?;
         if compacted {
-            self.remove_unreferenced_features(&connection)?;
+            self.remove_unreferenced_features(&connection);
         }
         if self.restart_wal.swap(false, Ordering::Relaxed) {
             // Between commits nothing else writes, so this copies what the last PASSIVE pass left and makes
@@ -564,7 +572,8 @@ impl Store for SqliteStore {
         tx.execute("DELETE FROM log WHERE experiment_id = ?1", params![id])?;
         tx.execute("DELETE FROM episodic_experiments WHERE id = ?1", params![id])?;
         tx.commit()?;
-        self.remove_unreferenced_features(&connection)
+        self.remove_unreferenced_features(&connection);
+        Ok(())
     }
 
     fn load_episodic(&self) -> Result<Vec<StoredEpisodic>, StoreError> {
