@@ -87,9 +87,18 @@ async fn the_metrics_endpoint_reports_traffic_latency_and_budget() {
         "safebet_budget_margin{experiment=\"episodes\"}",
         "safebet_paused{experiment=\"episodes\"} 1",
         "safebet_alpha{experiment=\"episodes\"} 0.1",
+        "safebet_store_bytes{part=\"database\"}",
     ] {
         assert!(text.contains(expected), "missing {expected} in\n{text}");
     }
+    // 30 decisions of 2 actions x 2 features: at least 30 x 32 bytes of features on disk.
+    let features: f64 = text
+        .lines()
+        .find_map(|line| line.strip_prefix("safebet_store_bytes{part=\"features\"} "))
+        .unwrap_or_else(|| panic!("no feature-file gauge in\n{text}"))
+        .parse()
+        .unwrap();
+    assert!(features >= 30.0 * 32.0, "feature files hold {features} bytes");
     let _ = stop.send(());
     server.await.unwrap().unwrap();
 }

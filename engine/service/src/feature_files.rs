@@ -271,14 +271,22 @@ impl FeatureFiles {
         written
     }
 
-    /// Total bytes in the feature files (for benchmarks and metrics).
+    /// Total bytes in the feature files (for benchmarks).
     pub fn total_bytes(&self) -> io::Result<u64> {
-        let mut total = 0;
-        for number in self.numbers()? {
-            total += std::fs::metadata(self.path(number))?.len();
-        }
-        Ok(total)
+        bytes_in(self.directory.parent().unwrap_or(&self.directory))
     }
+}
+
+/// Total bytes of the feature files in `data_dir`, without the store's lock (for metrics).
+pub fn bytes_in(data_dir: &Path) -> io::Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(data_dir.join(FEATURES_DIR))? {
+        let entry = entry?;
+        if entry.file_name().to_string_lossy().ends_with(&format!(".{EXTENSION}")) {
+            total += entry.metadata()?.len();
+        }
+    }
+    Ok(total)
 }
 
 fn write_and_sync(file: &File, offset: u64, bytes: &[u8]) -> io::Result<()> {

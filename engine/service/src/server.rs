@@ -384,13 +384,18 @@ pub async fn run(
             tracing::info!(%address, "Prometheus metrics at /metrics");
         }
         let registry = registry.clone();
+        let store = store.clone();
         let mut stopped = stopped.clone();
         tokio::spawn(async move {
             let server = tokio::spawn(telemetry::serve(listener));
             let mut ticks = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tokio::select! {
-                    _ = ticks.tick() => telemetry::refresh(&registry),
+                    _ = ticks.tick() => {
+                        telemetry::refresh(&registry);
+                        // A directory listing and three stats: cheap enough for the runtime's thread.
+                        telemetry::refresh_store(&*store);
+                    }
                     _ = stopped.changed() => break,
                 }
             }

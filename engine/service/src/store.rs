@@ -193,6 +193,10 @@ pub trait Store: Send + Sync + 'static {
     fn is_durable(&self) -> bool {
         true
     }
+    /// Bytes the store takes on disk, by part (for the `safebet_store_bytes` gauge); empty if it takes none.
+    fn disk_usage(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
 }
 
 /// [`Store`] on an embedded SQLite database (`safebet.sqlite3` in the data directory), in WAL mode with
@@ -474,6 +478,13 @@ impl Store for SqliteStore {
 
     fn load_experiment(&self, id: &str) -> Result<Option<StoredExperiment>, StoreError> {
         load_one(&self.connection(), &mut self.features(), id)
+    }
+
+    fn disk_usage(&self) -> Vec<(&'static str, u64)> {
+        let size = |path: &Path| std::fs::metadata(path).map_or(0, |m| m.len());
+        let wal = self.path.with_file_name(format!("{DATABASE_FILE}-wal"));
+        let features = self.path.parent().map_or(0, |dir| crate::feature_files::bytes_in(dir).unwrap_or(0));
+        vec![("database", size(&self.path)), ("wal", size(&wal)), ("features", features)]
     }
 
     fn commit(&self, writes: &[Write]) -> Result<(), StoreError> {

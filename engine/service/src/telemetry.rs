@@ -2,7 +2,8 @@
 //!
 //! The `metrics` facade records; metrics-exporter-prometheus renders. Counters and histograms are updated
 //! where things happen (calls, decisions, rewards, store commits); per-experiment gauges (budget margin,
-//! pending rewards, baseline share, drift) are refreshed from the reports every second.
+//! pending rewards, baseline share, drift) are refreshed from the reports every second, and so are the
+//! store's sizes on disk.
 
 use std::net::SocketAddr;
 use std::sync::OnceLock;
@@ -13,6 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use crate::registry::Registry;
+use crate::store::Store;
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -73,6 +75,13 @@ impl CallTimer {
             let code = format!("{:?}", status.code());
             metrics::counter!("safebet_rpc_errors_total", "rpc" => self.rpc, "code" => code).increment(1);
         }
+    }
+}
+
+/// Refreshes the store's disk gauges (database, WAL, feature files), so operators see the log grow.
+pub fn refresh_store(store: &dyn Store) {
+    for (part, bytes) in store.disk_usage() {
+        metrics::gauge!("safebet_store_bytes", "part" => part).set(bytes as f64);
     }
 }
 
