@@ -57,6 +57,8 @@ pub struct FeatureFiles {
     syncer: Option<(Sender<SyncJob>, Receiver<SyncDone>)>,
     /// Bytes handed to the syncer and not yet answered for.
     in_flight: Option<usize>,
+    /// Size past which the next group starts a new file ([`MAX_FILE_BYTES`]; smaller in tests).
+    max_file_bytes: u64,
 }
 
 /// Bytes to write at `offset` of `file` and sync.
@@ -95,6 +97,7 @@ impl FeatureFiles {
             readers: HashMap::new(),
             syncer: None,
             in_flight: None,
+            max_file_bytes: MAX_FILE_BYTES,
         })
     }
 
@@ -133,7 +136,7 @@ impl FeatureFiles {
 
     /// Opens the newest file for appending, or starts a new one when there is none or it is full.
     fn roll_if_needed(&mut self) -> io::Result<()> {
-        if self.active.as_ref().is_some_and(|a| a.length < MAX_FILE_BYTES) {
+        if self.active.as_ref().is_some_and(|a| a.length < self.max_file_bytes) {
             return Ok(());
         }
         let newest = self.numbers()?.last().copied();
@@ -142,7 +145,7 @@ impl FeatureFiles {
         {
             let file = std::fs::OpenOptions::new().read(true).write(true).open(self.path(number))?;
             let length = file.metadata()?.len();
-            if length < MAX_FILE_BYTES {
+            if length < self.max_file_bytes {
                 self.active = Some(ActiveFile { number, file: Arc::new(file), length });
                 return Ok(());
             }
@@ -215,6 +218,12 @@ impl FeatureFiles {
         buffer.clear();
         self.pending = buffer;
         written
+    }
+
+    /// Starts new files past `bytes` instead of [`MAX_FILE_BYTES`] (tests of roll-over and removal).
+    #[cfg(test)]
+    pub fn set_max_file_bytes(&mut self, bytes: u64) {
+        self.max_file_bytes = bytes;
     }
 
     /// Forgets what was appended since the last sync (its transaction did not commit).
@@ -367,7 +376,7 @@ mod tests {
         let mut files = FeatureFiles::open(dir.path()).unwrap();
         let first = files.append(&[1; 8]).unwrap();
         files.sync().unwrap();
-        files.active.as_mut().unwrap().length = MAX_FILE_BYTES; // as if full
+        files.set_max_file_bytes(8); // the first file is now full
         let second = files.append(&[2; 8]).unwrap();
         let same_group = files.append(&[3; 8]).unwrap();
         files.sync().unwrap();

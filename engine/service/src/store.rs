@@ -1154,4 +1154,43 @@ mod tests {
         assert!(matches!(&error, StoreError::Corrupt { id, .. } if id == "a"), "{error}");
         assert!(error.to_string().contains("checksum"), "{error}");
     }
+    #[test]
+    fn deletions_and_compactions_remove_only_the_feature_files_no_row_points_into() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        store.features().set_max_file_bytes(64); // a new file after every group of more than 64 bytes
+        store.save_definition(&def("a")).unwrap();
+        store.save_definition(&def("b")).unwrap();
+        let group = |id: &str, from: u64| -> Vec<Write> {
+            (from..from + 3)
+                .map(|i| {
+                    let mut record = decision(i, vec![i as f64; 6]);
+                    record.experiment_id = id.into();
+                    Write::Log(record)
+                })
+                .collect()
+        };
+        store.commit(&group("a", 1)).unwrap(); // file 1
+        store.commit(&group("b", 1)).unwrap(); // file 2
+        store.commit(&group("a", 4)).unwrap(); // file 3, the newest
+        let files = || {
+            let mut names: Vec<String> = std::fs::read_dir(dir.path().join(crate::feature_files::FEATURES_DIR))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
+        };
+        assert_eq!(files(), ["00000001.f64le", "00000002.f64le", "00000003.f64le"]);
+        store.delete_experiment("a").unwrap();
+        // a's first file goes; b's stays; the newest stays (it is being appended to).
+        assert_eq!(files(), ["00000002.f64le", "00000003.f64le"]);
+        let b = store.load_experiment("b").unwrap().unwrap().log;
+        assert_eq!(b.len(), 3, "b's features still read");
+        // A compacting snapshot that covers all of b's log frees b's file.
+        let snapshot = Snapshot { experiment_id: "b".into(), sequence: 3, state: vec![1] };
+        store.commit(&[Write::Snapshot { snapshot, compact: true }]).unwrap();
+        assert_eq!(files(), ["00000003.f64le"]);
+        assert!(store.load_experiment("b").unwrap().unwrap().log.is_empty());
+    }
 }
