@@ -4,8 +4,9 @@
 //! decision, as the gRPC load generator logs them; the rows go to SQLite, the features to the feature files)
 //! back to back into a `SqliteStore` in a temporary directory,
 //! as the service's writer thread does under saturating load, for `--seconds` (default 10). Prints records/s,
-//! the process's CPU time per record (the writer's inserts and commits plus the checkpoint thread), commit
-//! latency p50/p99/max, and the WAL and database bytes written per record.
+//! the process's CPU time per record (the writer's inserts and commits plus the feature-file and checkpoint
+//! threads), commit latency p50/p99/max, the sizes of the database, WAL and feature files, and the bytes sent
+//! to storage per record.
 //!
 //! `cargo bench --bench decision_log -- [--seconds N] [--group G] [--data-dir DIR]
 //! [--wal-bound-frames F]`. The group size (default
