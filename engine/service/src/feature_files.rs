@@ -71,12 +71,6 @@ struct SyncJob {
 /// The outcome, with the buffer handed back for the next group (so steady state allocates nothing).
 type SyncDone = (io::Result<()>, Vec<u8>);
 
-impl std::fmt::Debug for SyncJob {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "SyncJob({} bytes at {})", self.bytes.len(), self.offset)
-    }
-}
-
 #[derive(Debug)]
 struct ActiveFile {
     number: u32,
@@ -279,14 +273,9 @@ impl FeatureFiles {
         let _ = std::fs::remove_file(&path);
         written
     }
-
-    /// Total bytes in the feature files (for benchmarks).
-    pub fn total_bytes(&self) -> io::Result<u64> {
-        bytes_in(self.directory.parent().unwrap_or(&self.directory))
-    }
 }
 
-/// Total bytes of the feature files in `data_dir`, without the store's lock (for metrics).
+/// Total bytes of the feature files in `data_dir`; needs no lock (for metrics and benchmarks).
 pub fn bytes_in(data_dir: &Path) -> io::Result<u64> {
     let mut total = 0;
     for entry in std::fs::read_dir(data_dir.join(FEATURES_DIR))? {

@@ -412,7 +412,12 @@ impl SqliteStore {
 
     /// Total bytes of the feature files.
     pub fn feature_bytes_on_disk(&self) -> Result<u64, StoreError> {
-        Ok(self.features().total_bytes()?)
+        Ok(crate::feature_files::bytes_in(self.data_dir())?)
+    }
+
+    /// The data directory the store lives in.
+    fn data_dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("."))
     }
 }
 
@@ -483,7 +488,7 @@ impl Store for SqliteStore {
     fn disk_usage(&self) -> Vec<(&'static str, u64)> {
         let size = |path: &Path| std::fs::metadata(path).map_or(0, |m| m.len());
         let wal = self.path.with_file_name(format!("{DATABASE_FILE}-wal"));
-        let features = self.path.parent().map_or(0, |dir| crate::feature_files::bytes_in(dir).unwrap_or(0));
+        let features = crate::feature_files::bytes_in(self.data_dir()).unwrap_or(0);
         vec![("database", size(&self.path)), ("wal", size(&wal)), ("features", features)]
     }
 
