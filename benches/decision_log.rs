@@ -1,11 +1,13 @@
 //! The durable decision log alone, without gRPC: what one logged decision costs the store.
 //!
 //! Commits groups of decision records (CLUCB shared layout, d = 32, K = 16: 512 doubles of features per
-//! decision, as the gRPC load generator logs them; the rows go to SQLite, the features to the feature files)
+//! decision, as the gRPC load generator logs them; each record is framed into the journal with its features,
+//! and its row goes to SQLite)
 //! back to back into a `SqliteStore` in a temporary directory,
 //! as the service's writer thread does under saturating load, for `--seconds` (default 10). Prints records/s,
-//! the process's CPU time per record (the writer's inserts and commits plus the feature-file and checkpoint
-//! threads), commit latency p50/p99/max, the sizes of the database, WAL and feature files, and the bytes sent
+//! the process's CPU time per record (the writer's inserts and commits plus the journal and checkpoint
+//! threads), commit latency p50/p99/max and how long after a commit's start its records were durable (when
+//! the service answers their callers), the sizes of the database, WAL and journal, and the bytes sent
 //! to storage per record.
 //!
 //! `cargo bench --bench decision_log -- [--seconds N] [--group G] [--data-dir DIR]
@@ -13,6 +15,7 @@
 //! 50) is about what 64 concurrent requests gather per commit.
 
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use safebet_engine::{Algorithm, Fallback, FeatureLayout, Layout, PolicyConfig};
@@ -106,6 +109,8 @@ fn main() {
     let (cpu_start, io_start) = (cpu_seconds(), bytes_written());
     let started = Instant::now();
     let mut latencies: Vec<Duration> = Vec::new();
+    // When the records were durable (callers answered), measured from the commit's start.
+    let mut durable_after: Vec<Duration> = Vec::new();
     let mut sequence = 0u64;
     let mut writes: Vec<Write> = Vec::with_capacity(group);
     while started.elapsed().as_secs_f64() < seconds {
@@ -115,14 +120,20 @@ fn main() {
             writes.push(decision(sequence, &pool[sequence as usize % pool.len()]));
         }
         let commit_started = Instant::now();
-        store.commit(&writes).expect("commit");
+        let durable = Arc::new(Mutex::new(None));
+        let mark = durable.clone();
+        let on_durable = Box::new(move || *mark.lock().unwrap() = Some(commit_started.elapsed()));
+        store.commit_answering(&writes, on_durable).expect("commit");
         latencies.push(commit_started.elapsed());
+        durable_after.push(durable.lock().unwrap().expect("a committed group was durable"));
         writes.clear();
     }
     let elapsed = started.elapsed().as_secs_f64();
     let cpu = cpu_seconds() - cpu_start;
     latencies.sort_unstable();
+    durable_after.sort_unstable();
     let pick = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+    let durable_pick = |q: f64| durable_after[((durable_after.len() as f64 * q) as usize).min(durable_after.len() - 1)];
     let size = |suffix: &str| {
         std::fs::metadata(dir.path().join(format!("{}{suffix}", safebet_service::DATABASE_FILE)))
             .map(|m| m.len())
@@ -139,6 +150,12 @@ fn main() {
         latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
         latencies.len(),
     );
+    println!(
+        "records durable (callers answered) after p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+        durable_pick(0.5).as_secs_f64() * 1e3,
+        durable_pick(0.99).as_secs_f64() * 1e3,
+        durable_after.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+    );
     let slow: Vec<String> = latencies
         .iter()
         .rev()
@@ -148,7 +165,7 @@ fn main() {
     println!("commits held 50 ms or more: {} ({} ms)", slow.len(), slow.join(", "));
     let written = bytes_written().zip(io_start).map(|(end, start)| end.saturating_sub(start));
     println!(
-        "database {:.1} MB, WAL {:.1} MB, feature files {:.1} MB at the end; {} bytes sent to storage per record",
+        "database {:.1} MB, WAL {:.1} MB, journal {:.1} MB at the end; {} bytes sent to storage per record",
         size("") as f64 / 1e6,
         size("-wal") as f64 / 1e6,
         store.feature_bytes_on_disk().unwrap_or(0) as f64 / 1e6,

@@ -28,7 +28,8 @@ pub struct ServeArgs {
     listen: SocketAddr,
     /// Directory of the embedded store: experiment definitions, the decision log and learner snapshots in
     /// one SQLite file (safebet.sqlite3) that sqlite3 or pandas can read while the service runs, and the
-    /// decisions' features in append-only files beside it (features/*.f64le; `safebet log` exports both).
+    /// log's journal beside it (features/*.seg: every log record with the decision's features, synced before
+    /// a call is answered; `safebet log` exports rows and features together).
     #[arg(long, default_value = "safebet-data")]
     data_dir: PathBuf,
     /// Where state is kept.

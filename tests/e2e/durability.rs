@@ -14,8 +14,8 @@ use safebet_proto as pb;
 use safebet_proto::decision_service_client::DecisionServiceClient;
 use safebet_proto::experiment_admin_client::ExperimentAdminClient;
 use safebet_service::{
-    Experiment, ExperimentDef, Limits, LogEntry, LogRecord, Snapshot, SqliteStore, Store, StoreError, StoredExperiment,
-    Write,
+    Experiment, ExperimentDef, Limits, LogEntry, LogRecord, OnDurable, Snapshot, SqliteStore, Store, StoreError,
+    StoredExperiment, Write,
 };
 use tonic::Code;
 use tonic::transport::Channel;
@@ -291,9 +291,9 @@ impl Store for FlakyStore {
     fn load_experiment(&self, id: &str) -> Result<Option<StoredExperiment>, StoreError> {
         self.inner.load_experiment(id)
     }
-    fn commit(&self, writes: &[Write]) -> Result<(), StoreError> {
+    fn commit_answering(&self, writes: &[Write], durable: OnDurable) -> Result<(), StoreError> {
         self.check()?;
-        self.inner.commit(writes)
+        self.inner.commit_answering(writes, durable)
     }
     fn read_log(
         &self,

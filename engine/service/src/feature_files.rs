@@ -1,17 +1,23 @@
-//! The decision log's feature bytes, kept beside the SQLite database in append-only files instead of inside
-//! its rows.
+//! The decision log's journal: append-only segment files beside the SQLite database that hold every log
+//! record with its decision features, written and synced once per group commit.
 //!
 //! A decision's features (512 doubles, 4 KiB, for d = 32 and K = 16) are most of its log record. In a row,
 //! SQLite writes them twice (into the WAL, then the checkpoint's copy into the database file) on an overflow
 //! page of their own: 25 us of CPU per decision record, against 7 us for the same rows without them
-//! (benches/decision_log.rs). Here they are written once: one `write` and one `fdatasync` per group commit,
-//! before the transaction whose rows point at them commits, so a committed row never points at bytes that
-//! are not on disk.
+//! (benches/decision_log.rs). Here they are written once. And because each record is framed in full (the row
+//! as MessagePack, then the features), a group is durable as soon as its one `write` + `fdatasync` here
+//! returns: the rows that SQLite keeps for queries can commit without a sync of their own, and a crash
+//! before they reach disk is repaired on the next open by replaying the frames after the position the
+//! database last recorded ([`FeatureFiles::replay`]).
 //!
-//! Files are `features/NNNNNNNN.f64le` in the data directory, little-endian doubles back to back, a new file
-//! once one passes [`MAX_FILE_BYTES`]. A row keeps (file, offset, length, CRC-32), so a read checks what it
-//! got. The bytes of a commit that failed stay in the file, unreferenced and overwritten by the next commit;
-//! a file no row points at any more (its experiments deleted) is removed.
+//! Files are `features/NNNNNNNN.seg`, a new file once one passes [`MAX_FILE_BYTES`]. A frame is a 20-byte
+//! header (magic, payload length, features length, CRC-32 of the features, CRC-32 of the header's first 16
+//! bytes and the payload), the payload, then the features as little-endian doubles. A log row keeps (file,
+//! offset, length, CRC-32) of its features, so numpy reads them with
+//! `np.fromfile(path, "<f8", count=length // 8, offset=offset)` and a read checks what it got. Files written
+//! before the journal (`NNNNNNNN.f64le`, features back to back) are still read. The frames of a group whose
+//! sync failed are cut off before the next group is written; a file no row points at any more (its
+//! experiments deleted or compacted) is removed.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -24,10 +30,24 @@ use std::sync::mpsc::{Receiver, Sender, channel};
 /// Size past which the next group commit starts a new file.
 pub const MAX_FILE_BYTES: u64 = 256 << 20;
 
-/// The directory of the feature files, inside the data directory.
+/// The directory of the journal segments (and older feature files), inside the data directory.
 pub const FEATURES_DIR: &str = "features";
 
-const EXTENSION: &str = "f64le";
+/// Journal segments: framed log records with their features.
+const SEGMENT_EXTENSION: &str = "seg";
+
+/// Feature files from before the journal: features only, back to back. Read, never written.
+const PLAIN_EXTENSION: &str = "f64le";
+
+/// Marks the start of a frame ("SBJ1" in the file).
+const FRAME_MAGIC: [u8; 4] = *b"SBJ1";
+
+/// Bytes of a frame's header.
+pub const FRAME_HEADER: usize = 20;
+
+/// The largest payload a frame may declare: a record without its features takes a few hundred bytes, so
+/// anything near this is damage, and replay must not allocate what a damaged length says.
+const MAX_PAYLOAD: usize = 16 << 20;
 
 /// Where a decision's features are: what a log row keeps instead of the bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,13 +62,19 @@ pub struct FeatureRef {
     pub crc32: u32,
 }
 
-/// The feature files of one store. Not shared between threads: the store keeps it behind its lock.
+/// What [`FeatureFiles::replay`] calls with each frame: its payload and where its features are.
+pub type FrameVisitor<'a, E> = dyn FnMut(&[u8], FeatureRef) -> Result<(), E> + 'a;
+
+/// A place in the journal: the byte `offset` of segment `file`.
+pub type JournalPosition = (u32, u64);
+
+/// The journal of one store. Not shared between threads: the store keeps it behind its lock.
 #[derive(Debug)]
 pub struct FeatureFiles {
     directory: PathBuf,
-    /// The file being appended to, opened at the first append.
+    /// The segment being appended to, opened at the first append.
     active: Option<ActiveFile>,
-    /// Bytes appended since the last [`FeatureFiles::sync`], in the active file's order.
+    /// Frames appended since the last [`FeatureFiles::sync`], in the active file's order.
     pending: Vec<u8>,
     /// Files opened for reading.
     readers: HashMap<u32, File>,
@@ -57,15 +83,25 @@ pub struct FeatureFiles {
     syncer: Option<(Sender<SyncJob>, Receiver<SyncDone>)>,
     /// Bytes handed to the syncer and not yet answered for.
     in_flight: Option<usize>,
+    /// Where the last synced group started, so it can be revoked (its rows failed to insert).
+    last_group: Option<JournalPosition>,
+    /// Whether bytes past the active file's counted length may be on disk (a failed group whose removal
+    /// failed too): they are cut off before anything is appended or replayed.
+    dirty_tail: bool,
     /// Size past which the next group starts a new file ([`MAX_FILE_BYTES`]; smaller in tests).
     max_file_bytes: u64,
 }
+
+/// Called on the syncer thread once a group's bytes are on disk, before the caller hears of it: callers
+/// waiting only for durability are answered without waiting for the rest of the commit.
+pub type OnSynced = Box<dyn FnOnce() + Send>;
 
 /// Bytes to write at `offset` of `file` and sync.
 struct SyncJob {
     file: Arc<File>,
     offset: u64,
     bytes: Vec<u8>,
+    on_synced: Option<OnSynced>,
 }
 
 /// The outcome, with the buffer handed back for the next group (so steady state allocates nothing).
@@ -80,7 +116,7 @@ struct ActiveFile {
 }
 
 impl FeatureFiles {
-    /// The feature files in `data_dir`; creates their directory if needed. Opens no file yet.
+    /// The journal in `data_dir`; creates its directory if needed. Opens no file yet.
     pub fn open(data_dir: &Path) -> io::Result<FeatureFiles> {
         let directory = data_dir.join(FEATURES_DIR);
         std::fs::create_dir_all(&directory)?;
@@ -91,86 +127,148 @@ impl FeatureFiles {
             readers: HashMap::new(),
             syncer: None,
             in_flight: None,
+            last_group: None,
+            dirty_tail: false,
             max_file_bytes: MAX_FILE_BYTES,
         })
     }
 
-    fn path(&self, number: u32) -> PathBuf {
-        self.directory.join(format!("{number:08}.{EXTENSION}"))
+    fn segment_path(&self, number: u32) -> PathBuf {
+        self.directory.join(format!("{number:08}.{SEGMENT_EXTENSION}"))
     }
 
-    /// The numbers of the files present, ascending.
-    fn numbers(&self) -> io::Result<Vec<u32>> {
-        let mut numbers = Vec::new();
+    /// The file numbered `number`, whichever kind it is.
+    fn existing_path(&self, number: u32) -> PathBuf {
+        let segment = self.segment_path(number);
+        if segment.exists() { segment } else { self.directory.join(format!("{number:08}.{PLAIN_EXTENSION}")) }
+    }
+
+    /// The files present, ascending, each with whether it is a journal segment.
+    fn files(&self) -> io::Result<Vec<(u32, bool)>> {
+        let mut files = Vec::new();
         for entry in std::fs::read_dir(&self.directory)? {
             let name = entry?.file_name();
             let name = name.to_string_lossy();
-            if let Some(number) = name.strip_suffix(&format!(".{EXTENSION}")).and_then(|n| n.parse().ok()) {
-                numbers.push(number);
+            let Some((stem, extension)) = name.split_once('.') else { continue };
+            let segment = match extension {
+                SEGMENT_EXTENSION => true,
+                PLAIN_EXTENSION => false,
+                _ => continue,
+            };
+            if let Ok(number) = stem.parse() {
+                files.push((number, segment));
             }
         }
-        numbers.sort_unstable();
-        Ok(numbers)
+        files.sort_unstable();
+        Ok(files)
     }
 
-    /// Queues `bytes` for the next [`FeatureFiles::sync`] and says where they will be. A group's bytes all
-    /// go to one file; a new file is started only at the first append of a group.
-    pub fn append(&mut self, bytes: &[u8]) -> io::Result<FeatureRef> {
+    /// Queues a frame (the payload `encode` writes, then `features`) for the next [`FeatureFiles::sync`] and
+    /// says where its features will be. A group's frames all go to one file; a new file is started only at
+    /// the first append of a group.
+    pub fn append_frame(
+        &mut self,
+        encode: &mut dyn FnMut(&mut Vec<u8>) -> Result<(), String>,
+        features: &[u8],
+    ) -> io::Result<FeatureRef> {
         debug_assert!(self.in_flight.is_none(), "append while a sync is in flight");
-        let length = u32::try_from(bytes.len())
+        let length = u32::try_from(features.len())
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "features of 4 GiB or more"))?;
         if self.pending.is_empty() {
             self.roll_if_needed()?;
         }
+        let start = self.pending.len();
+        self.pending.extend_from_slice(&[0; FRAME_HEADER]);
+        let encoded = encode(&mut self.pending);
+        let payload = self.pending.len() - start - FRAME_HEADER;
+        if let Err(reason) = encoded.and_then(|()| {
+            if (1..=MAX_PAYLOAD).contains(&payload) { Ok(()) } else { Err(format!("a payload of {payload} bytes")) }
+        }) {
+            self.pending.truncate(start);
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("cannot frame a log record: {reason}")));
+        }
+        let features_crc = crc32fast::hash(features);
+        let header = &mut self.pending[start..start + FRAME_HEADER];
+        header[0..4].copy_from_slice(&FRAME_MAGIC);
+        header[4..8].copy_from_slice(&(payload as u32).to_le_bytes());
+        header[8..12].copy_from_slice(&length.to_le_bytes());
+        header[12..16].copy_from_slice(&features_crc.to_le_bytes());
+        let header_crc = frame_crc(&self.pending[start..start + 16], &self.pending[start + FRAME_HEADER..]);
+        self.pending[start + 16..start + FRAME_HEADER].copy_from_slice(&header_crc.to_le_bytes());
         let active = self.active.as_ref().expect("roll_if_needed opened a file");
         let offset = active.length + self.pending.len() as u64;
-        self.pending.extend_from_slice(bytes);
-        Ok(FeatureRef { file: active.number, offset, length, crc32: crc32fast::hash(bytes) })
+        self.pending.extend_from_slice(features);
+        Ok(FeatureRef { file: active.number, offset, length, crc32: features_crc })
     }
 
-    /// Opens the newest file for appending, or starts a new one when there is none or it is full.
+    /// Where the journal will end once the frames appended so far are synced.
+    pub fn end_after_sync(&self) -> Option<JournalPosition> {
+        self.active.as_ref().map(|a| (a.number, a.length + self.pending.len() as u64))
+    }
+
+    /// Opens the newest segment for appending, or starts a new one when there is none or it is full.
     fn roll_if_needed(&mut self) -> io::Result<()> {
+        self.cut_dirty_tail()?;
         if self.active.as_ref().is_some_and(|a| a.length < self.max_file_bytes) {
             return Ok(());
         }
-        let newest = self.numbers()?.last().copied();
+        let newest = self.files()?.last().copied();
         if self.active.is_none()
-            && let Some(number) = newest
+            && let Some((number, true)) = newest
         {
-            let file = std::fs::OpenOptions::new().read(true).write(true).open(self.path(number))?;
+            let file = std::fs::OpenOptions::new().read(true).write(true).open(self.segment_path(number))?;
             let length = file.metadata()?.len();
             if length < self.max_file_bytes {
                 self.active = Some(ActiveFile { number, file: Arc::new(file), length });
                 return Ok(());
             }
         }
-        let number = newest.map_or(1, |n| n + 1);
-        let file = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(self.path(number))?;
+        let number = newest.map_or(1, |(n, _)| n + 1);
+        let file =
+            std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(self.segment_path(number))?;
         // The new file's name must survive a power cut too, or rows committed into it would point nowhere.
         File::open(&self.directory)?.sync_all()?;
         self.active = Some(ActiveFile { number, file: Arc::new(file), length: 0 });
         Ok(())
     }
 
+    /// Cuts the active file back to its counted length if a failed group may have left bytes after it.
+    fn cut_dirty_tail(&mut self) -> io::Result<()> {
+        if !self.dirty_tail {
+            return Ok(());
+        }
+        if let Some(active) = &self.active {
+            active.file.set_len(active.length)?;
+            active.file.sync_data()?;
+        }
+        self.dirty_tail = false;
+        Ok(())
+    }
+
     /// Writes what was appended since the last sync and waits until it is on disk. On failure nothing
-    /// appended since the last sync counts: the next group writes over it.
+    /// appended since the last sync counts: it is cut off before the next group.
     #[cfg(test)]
     pub fn sync(&mut self) -> io::Result<()> {
-        self.start_sync()?;
+        self.start_sync(None)?;
         self.finish_sync()
     }
 
     /// Starts writing and syncing what was appended, on the syncer thread, so the caller can insert the rows
     /// meanwhile; [`FeatureFiles::finish_sync`] waits for it. Appending must wait until then. An error
     /// here (only when the syncer thread is gone and the bytes were written inline) means they did not count.
-    pub fn start_sync(&mut self) -> io::Result<()> {
+    /// `on_synced` runs once the bytes are on disk (never if they are not, or if nothing was appended).
+    pub fn start_sync(&mut self, on_synced: Option<OnSynced>) -> io::Result<()> {
         if self.pending.is_empty() || self.in_flight.is_some() {
             return Ok(());
         }
         let active = self.active.as_ref().expect("append opened a file");
         let (sender, _) = self.syncer.get_or_insert_with(start_syncer);
-        let job =
-            SyncJob { file: active.file.clone(), offset: active.length, bytes: std::mem::take(&mut self.pending) };
+        let job = SyncJob {
+            file: active.file.clone(),
+            offset: active.length,
+            bytes: std::mem::take(&mut self.pending),
+            on_synced,
+        };
         let length = job.bytes.len();
         match sender.send(job) {
             Ok(()) => {
@@ -179,14 +277,14 @@ impl FeatureFiles {
             }
             // The thread is gone (it cannot be, short of a panic): write here instead.
             Err(returned) => {
-                self.pending = returned.0.bytes;
+                let job = returned.0;
+                self.pending = job.bytes;
                 self.syncer = None;
-                let written = write_and_sync(&returned.0.file, returned.0.offset, &self.pending);
+                let written = write_and_sync(&job.file, job.offset, &self.pending);
                 self.pending.clear();
-                if written.is_ok()
-                    && let Some(active) = self.active.as_mut()
-                {
-                    active.length += length as u64;
+                self.count_group(length, written.is_ok());
+                if let (Ok(()), Some(on_synced)) = (&written, job.on_synced) {
+                    on_synced();
                 }
                 written
             }
@@ -201,17 +299,37 @@ impl FeatureFiles {
             Some(Ok(done)) => done,
             _ => {
                 self.syncer = None;
-                (Err(io::Error::other("the feature-file syncer stopped")), Vec::new())
+                (Err(io::Error::other("the journal syncer stopped")), Vec::new())
             }
         };
-        if written.is_ok()
-            && let Some(active) = self.active.as_mut()
-        {
-            active.length += length as u64;
-        }
+        self.count_group(length, written.is_ok());
         buffer.clear();
         self.pending = buffer;
         written
+    }
+
+    /// After a group's sync: counts its bytes, or marks them to be cut off (some may have reached the disk).
+    fn count_group(&mut self, length: usize, synced: bool) {
+        let Some(active) = self.active.as_mut() else { return };
+        if synced {
+            self.last_group = Some((active.number, active.length));
+            active.length += length as u64;
+        } else {
+            self.last_group = None;
+            self.dirty_tail = true;
+            let _ = self.cut_dirty_tail();
+        }
+    }
+
+    /// Takes back the group synced last (its rows could not be inserted): its frames are cut off, so a
+    /// replay never applies what the caller was told failed.
+    pub fn revoke_last_group(&mut self) -> io::Result<()> {
+        let Some((number, length)) = self.last_group.take() else { return Ok(()) };
+        if let Some(active) = self.active.as_mut().filter(|a| a.number == number) {
+            active.length = length;
+            self.dirty_tail = true;
+        }
+        self.cut_dirty_tail()
     }
 
     /// Starts new files past `bytes` instead of [`MAX_FILE_BYTES`] (tests of roll-over and removal).
@@ -226,12 +344,59 @@ impl FeatureFiles {
         self.pending.clear();
     }
 
+    /// Calls `visit` with every intact frame from `from` on (the first segment's start when `None`), in
+    /// order across later segments: its payload and where its features are. Stops at the first frame that
+    /// is torn or damaged and cuts the newest segment back to the last intact frame, so appends continue
+    /// right after it. Returns where the journal ends, `None` if there is no segment.
+    pub fn replay<E: From<io::Error>>(
+        &mut self,
+        from: Option<JournalPosition>,
+        visit: &mut FrameVisitor<'_, E>,
+    ) -> Result<Option<JournalPosition>, E> {
+        self.discard();
+        self.cut_dirty_tail()?;
+        let segments: Vec<u32> = self.files()?.into_iter().filter(|(_, s)| *s).map(|(n, _)| n).collect();
+        let (first, mut offset) = from.unwrap_or((segments.first().copied().unwrap_or(1), 0));
+        let mut end = None;
+        let mut payload = Vec::new();
+        for &number in segments.iter().filter(|&&n| n >= first) {
+            if number != first {
+                offset = 0;
+            }
+            let file = File::open(self.segment_path(number))?;
+            let size = file.metadata()?.len();
+            while let Some(frame) = read_frame(&file, offset, size, &mut payload)? {
+                visit(&payload, FeatureRef { file: number, ..frame })?;
+                offset = frame.offset + u64::from(frame.length);
+            }
+            end = Some((number, offset, size));
+        }
+        let newest = segments.last().copied();
+        if let Some((number, offset, size)) = end
+            && offset < size
+            && Some(number) == newest
+        {
+            tracing::warn!(segment = number, offset, bytes = size - offset, "cutting off a torn journal tail");
+            let file = std::fs::OpenOptions::new().write(true).open(self.segment_path(number))?;
+            file.set_len(offset)?;
+            file.sync_data()?;
+            // Appends must continue from the cut, not from a length read before it.
+            self.active = None;
+        }
+        Ok(end.map(|(number, offset, _)| (number, offset)))
+    }
+
     /// Reads and checks the bytes `at` points to.
     pub fn read(&mut self, at: FeatureRef) -> Result<Vec<u8>, String> {
         let file = match self.readers.entry(at.file) {
             std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
             std::collections::hash_map::Entry::Vacant(entry) => {
-                let path = self.directory.join(format!("{:08}.{EXTENSION}", at.file));
+                let segment = self.directory.join(format!("{:08}.{SEGMENT_EXTENSION}", at.file));
+                let path = if segment.exists() {
+                    segment
+                } else {
+                    self.directory.join(format!("{:08}.{PLAIN_EXTENSION}", at.file))
+                };
                 entry.insert(File::open(&path).map_err(|e| format!("feature file {}: {e}", path.display()))?)
             }
         };
@@ -252,22 +417,25 @@ impl FeatureFiles {
         Ok(bytes)
     }
 
-    /// Removes every file but the newest for which `referenced` says no row points into it any more.
+    /// Removes every file but the newest for which `referenced` says no row points into it any more. Only
+    /// call it when the database holds every synced frame (after a commit or a replay): a segment's records
+    /// without features (rewards, timeouts) are then in the database, and its features are what rows point at.
     pub fn remove_unreferenced(&mut self, referenced: &mut dyn FnMut(u32) -> io::Result<bool>) -> io::Result<()> {
-        let numbers = self.numbers()?;
-        let newest = numbers.last().copied();
-        for number in numbers {
+        let files = self.files()?;
+        let newest = files.last().map(|(n, _)| *n);
+        for (number, _) in files {
             let in_use = Some(number) == newest || self.active.as_ref().is_some_and(|a| a.number == number);
             if !in_use && !referenced(number)? {
                 self.readers.remove(&number);
-                std::fs::remove_file(self.path(number))?;
+                std::fs::remove_file(self.existing_path(number))?;
             }
         }
         Ok(())
     }
 
     /// Whether a file can be written and synced in the directory now (after a failure, before resuming).
-    pub fn probe(&self) -> io::Result<()> {
+    pub fn probe(&mut self) -> io::Result<()> {
+        self.cut_dirty_tail()?;
         let path = self.directory.join("probe");
         let written = std::fs::write(&path, [0; 8]).and_then(|()| File::open(&path)?.sync_all());
         let _ = std::fs::remove_file(&path);
@@ -275,12 +443,53 @@ impl FeatureFiles {
     }
 }
 
-/// Total bytes of the feature files in `data_dir`; needs no lock (for metrics and benchmarks).
+/// CRC-32 of a frame's first 16 header bytes and its payload.
+fn frame_crc(header: &[u8], payload: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(header);
+    hasher.update(payload);
+    hasher.finalize()
+}
+
+/// Reads the frame at `offset` of `file` (`size` bytes long) into `payload`: where its features are (file
+/// number 0, for the caller to set), or `None` if no intact frame starts there.
+fn read_frame(file: &File, offset: u64, size: u64, payload: &mut Vec<u8>) -> io::Result<Option<FeatureRef>> {
+    let mut header = [0u8; FRAME_HEADER];
+    if offset + FRAME_HEADER as u64 > size {
+        return Ok(None);
+    }
+    file.read_exact_at(&mut header, offset)?;
+    let word = |i: usize| u32::from_le_bytes(header[i..i + 4].try_into().expect("4 bytes"));
+    let (payload_length, features_length, features_crc) = (word(4) as usize, word(8), word(12));
+    let features_at = offset + (FRAME_HEADER + payload_length) as u64;
+    if header[0..4] != FRAME_MAGIC
+        || !(1..=MAX_PAYLOAD).contains(&payload_length)
+        || features_at + u64::from(features_length) > size
+    {
+        return Ok(None);
+    }
+    payload.resize(payload_length, 0);
+    file.read_exact_at(payload, offset + FRAME_HEADER as u64)?;
+    if frame_crc(&header[0..16], payload) != word(16) {
+        return Ok(None);
+    }
+    let mut features = vec![0; features_length as usize];
+    file.read_exact_at(&mut features, features_at)?;
+    if crc32fast::hash(&features) != features_crc {
+        return Ok(None);
+    }
+    Ok(Some(FeatureRef { file: 0, offset: features_at, length: features_length, crc32: features_crc }))
+}
+
+/// Total bytes of the journal segments and feature files in `data_dir`; needs no lock (for metrics and
+/// benchmarks).
 pub fn bytes_in(data_dir: &Path) -> io::Result<u64> {
     let mut total = 0;
     for entry in std::fs::read_dir(data_dir.join(FEATURES_DIR))? {
         let entry = entry?;
-        if entry.file_name().to_string_lossy().ends_with(&format!(".{EXTENSION}")) {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.ends_with(&format!(".{SEGMENT_EXTENSION}")) || name.ends_with(&format!(".{PLAIN_EXTENSION}")) {
             total += entry.metadata()?.len();
         }
     }
@@ -296,9 +505,12 @@ fn write_and_sync(file: &File, offset: u64, bytes: &[u8]) -> io::Result<()> {
 fn start_syncer() -> (Sender<SyncJob>, Receiver<SyncDone>) {
     let (jobs, incoming) = channel::<SyncJob>();
     let (answers, done) = channel::<SyncDone>();
-    let spawned = std::thread::Builder::new().name("safebet-features".into()).spawn(move || {
+    let spawned = std::thread::Builder::new().name("safebet-journal".into()).spawn(move || {
         for job in incoming {
             let written = write_and_sync(&job.file, job.offset, &job.bytes);
+            if let (Ok(()), Some(on_synced)) = (&written, job.on_synced) {
+                on_synced();
+            }
             if answers.send((written, job.bytes)).is_err() {
                 return;
             }
@@ -306,7 +518,7 @@ fn start_syncer() -> (Sender<SyncJob>, Receiver<SyncDone>) {
     });
     if let Err(e) = spawned {
         // Sends then fail, and start_sync writes on the caller's thread.
-        tracing::warn!(error = %e, "cannot start the feature-file syncer; syncing inline");
+        tracing::warn!(error = %e, "cannot start the journal syncer; syncing inline");
     }
     (jobs, done)
 }
@@ -315,67 +527,186 @@ fn start_syncer() -> (Sender<SyncJob>, Receiver<SyncDone>) {
 mod tests {
     use super::*;
 
+    /// Frames `features` behind a payload naming them, as the store frames a record.
+    fn append(files: &mut FeatureFiles, payload: &[u8], features: &[u8]) -> FeatureRef {
+        files
+            .append_frame(
+                &mut |buffer| {
+                    buffer.extend_from_slice(payload);
+                    Ok(())
+                },
+                features,
+            )
+            .unwrap()
+    }
+
+    /// Every intact frame from `from`: (payload, features), and where the journal ends.
+    /// Frames as (payload, features).
+    type Frames = Vec<(Vec<u8>, Vec<u8>)>;
+
+    fn replayed(files: &mut FeatureFiles, from: Option<JournalPosition>) -> (Frames, JournalPosition) {
+        let mut frames = Vec::new();
+        let mut reader = FeatureFiles::open(files.directory.parent().unwrap()).unwrap();
+        let end = files
+            .replay::<io::Error>(from, &mut |payload, at| {
+                frames.push((payload.to_vec(), reader.read(at).map_err(io::Error::other)?));
+                Ok(())
+            })
+            .unwrap()
+            .unwrap();
+        (frames, end)
+    }
+
     #[test]
     fn appended_bytes_read_back_after_a_sync_and_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let mut files = FeatureFiles::open(dir.path()).unwrap();
-        let first = files.append(&[1, 2, 3]).unwrap();
-        let second = files.append(&[4, 5]).unwrap();
+        let first = append(&mut files, b"a", &[1, 2, 3]);
+        let second = append(&mut files, b"bb", &[4, 5]);
         files.sync().unwrap();
-        assert_eq!((first.file, first.offset, second.offset), (1, 0, 3));
+        assert_eq!((first.file, first.offset), (1, (FRAME_HEADER + 1) as u64));
+        assert_eq!(second.offset, first.offset + 3 + (FRAME_HEADER + 2) as u64);
         let mut reopened = FeatureFiles::open(dir.path()).unwrap();
         assert_eq!(reopened.read(first).unwrap(), vec![1, 2, 3]);
         assert_eq!(reopened.read(second).unwrap(), vec![4, 5]);
         // Appends continue after what is there.
-        let third = reopened.append(&[6]).unwrap();
+        let third = append(&mut reopened, b"c", &[6]);
         reopened.sync().unwrap();
-        assert_eq!((third.file, third.offset), (1, 5));
+        assert_eq!((third.file, third.offset), (1, second.offset + 2 + (FRAME_HEADER + 1) as u64));
     }
 
     #[test]
     fn a_discarded_group_is_written_over() {
         let dir = tempfile::tempdir().unwrap();
         let mut files = FeatureFiles::open(dir.path()).unwrap();
-        files.append(&[9; 8]).unwrap();
+        append(&mut files, b"gone", &[9; 8]);
         files.discard();
-        let kept = files.append(&[7; 4]).unwrap();
+        let kept = append(&mut files, b"kept", &[7; 4]);
         files.sync().unwrap();
-        assert_eq!(kept.offset, 0);
+        assert_eq!(kept.offset, (FRAME_HEADER + 4) as u64);
         assert_eq!(files.read(kept).unwrap(), vec![7; 4]);
+        assert_eq!(replayed(&mut files, None).0, vec![(b"kept".to_vec(), vec![7; 4])]);
     }
 
     #[test]
     fn damaged_or_missing_bytes_are_an_error_not_garbage() {
         let dir = tempfile::tempdir().unwrap();
         let mut files = FeatureFiles::open(dir.path()).unwrap();
-        let at = files.append(&[1; 16]).unwrap();
+        let at = append(&mut files, b"p", &[1; 16]);
         files.sync().unwrap();
-        let path = dir.path().join(FEATURES_DIR).join("00000001.f64le");
-        std::fs::write(&path, [1; 15].iter().chain(&[2]).copied().collect::<Vec<u8>>()).unwrap();
+        let path = dir.path().join(FEATURES_DIR).join("00000001.seg");
+        let mut bytes = std::fs::read(&path).unwrap();
+        *bytes.last_mut().unwrap() = 2;
+        std::fs::write(&path, &bytes).unwrap();
         let mut reread = FeatureFiles::open(dir.path()).unwrap();
         assert!(reread.read(at).unwrap_err().contains("checksum"));
-        assert!(reread.read(FeatureRef { offset: 8, length: 16, ..at }).unwrap_err().contains("beyond"));
+        assert!(reread.read(FeatureRef { offset: at.offset + 8, ..at }).unwrap_err().contains("beyond"));
         assert!(reread.read(FeatureRef { length: u32::MAX, ..at }).unwrap_err().contains("beyond"));
         assert!(reread.read(FeatureRef { file: 2, ..at }).is_err());
+    }
+
+    #[test]
+    fn feature_files_from_before_the_journal_are_read_and_never_appended_to() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join(FEATURES_DIR)).unwrap();
+        std::fs::write(dir.path().join(FEATURES_DIR).join("00000003.f64le"), [5; 16]).unwrap();
+        let mut files = FeatureFiles::open(dir.path()).unwrap();
+        let old = FeatureRef { file: 3, offset: 8, length: 8, crc32: crc32fast::hash(&[5; 8]) };
+        assert_eq!(files.read(old).unwrap(), vec![5; 8]);
+        let new = append(&mut files, b"n", &[6; 8]);
+        files.sync().unwrap();
+        assert_eq!(new.file, 4);
+        assert_eq!(files.read(new).unwrap(), vec![6; 8]);
+        assert_eq!(bytes_in(dir.path()).unwrap(), 16 + (FRAME_HEADER + 1 + 8) as u64);
     }
 
     #[test]
     fn full_files_roll_over_and_unreferenced_ones_are_removed() {
         let dir = tempfile::tempdir().unwrap();
         let mut files = FeatureFiles::open(dir.path()).unwrap();
-        let first = files.append(&[1; 8]).unwrap();
+        let first = append(&mut files, b"1", &[1; 8]);
         files.sync().unwrap();
         files.set_max_file_bytes(8); // the first file is now full
-        let second = files.append(&[2; 8]).unwrap();
-        let same_group = files.append(&[3; 8]).unwrap();
+        let second = append(&mut files, b"2", &[2; 8]);
+        let same_group = append(&mut files, b"3", &[3; 8]);
         files.sync().unwrap();
         assert_eq!((first.file, second.file, same_group.file), (1, 2, 2));
+        let numbers = |files: &FeatureFiles| files.files().unwrap().into_iter().map(|(n, _)| n).collect::<Vec<_>>();
         // File 1 still referenced: kept. The newest is kept whatever it holds.
         files.remove_unreferenced(&mut |n| Ok(n == 1)).unwrap();
-        assert_eq!(files.numbers().unwrap(), vec![1, 2]);
+        assert_eq!(numbers(&files), vec![1, 2]);
         files.remove_unreferenced(&mut |_| Ok(false)).unwrap();
-        assert_eq!(files.numbers().unwrap(), vec![2]);
+        assert_eq!(numbers(&files), vec![2]);
         assert!(files.read(first).is_err());
         assert_eq!(files.read(same_group).unwrap(), vec![3; 8]);
+    }
+
+    #[test]
+    fn replay_returns_the_frames_after_a_position_across_segments_and_cuts_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut files = FeatureFiles::open(dir.path()).unwrap();
+        append(&mut files, b"one", &[1; 8]);
+        files.sync().unwrap();
+        let after_one = files.end_after_sync().unwrap();
+        append(&mut files, b"two", &[]);
+        files.sync().unwrap();
+        files.set_max_file_bytes(1);
+        append(&mut files, b"three", &[3; 16]);
+        files.sync().unwrap();
+        let end = files.end_after_sync().unwrap();
+        assert_eq!(end.0, 2);
+        // Half a frame after the end, as a crash during a write leaves it.
+        let path = dir.path().join(FEATURES_DIR).join("00000002.seg");
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes.extend_from_slice(&bytes.clone()[..FRAME_HEADER + 2]);
+        std::fs::write(&path, &bytes).unwrap();
+
+        let mut reopened = FeatureFiles::open(dir.path()).unwrap();
+        let (all, replay_end) = replayed(&mut reopened, None);
+        let payloads: Vec<&[u8]> = all.iter().map(|(p, _)| p.as_slice()).collect();
+        assert_eq!(payloads, [b"one".as_slice(), b"two", b"three"]);
+        assert_eq!(all[2].1, vec![3; 16]);
+        assert_eq!(replay_end, end);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), end.1, "the torn tail is cut off");
+        assert_eq!(replayed(&mut reopened, Some(after_one)).0.len(), 2);
+        assert_eq!(replayed(&mut reopened, Some(end)).0.len(), 0);
+        // A frame appended now follows the last intact one and is replayed.
+        reopened.set_max_file_bytes(1 << 20);
+        append(&mut reopened, b"four", &[4; 8]);
+        reopened.sync().unwrap();
+        assert_eq!(replayed(&mut reopened, Some(end)).0, vec![(b"four".to_vec(), vec![4; 8])]);
+    }
+
+    #[test]
+    fn a_damaged_frame_ends_the_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut files = FeatureFiles::open(dir.path()).unwrap();
+        append(&mut files, b"intact", &[1; 8]);
+        let second = append(&mut files, b"damaged", &[2; 8]);
+        files.sync().unwrap();
+        let path = dir.path().join(FEATURES_DIR).join("00000001.seg");
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[second.offset as usize - 3] ^= 1; // a bit of the second payload
+        std::fs::write(&path, &bytes).unwrap();
+        let mut reopened = FeatureFiles::open(dir.path()).unwrap();
+        let (frames, end) = replayed(&mut reopened, None);
+        assert_eq!(frames, vec![(b"intact".to_vec(), vec![1; 8])]);
+        assert_eq!(end, (1, (FRAME_HEADER + 6 + 8) as u64));
+    }
+
+    #[test]
+    fn a_revoked_group_is_never_replayed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut files = FeatureFiles::open(dir.path()).unwrap();
+        append(&mut files, b"kept", &[1; 8]);
+        files.sync().unwrap();
+        append(&mut files, b"revoked", &[2; 8]);
+        files.sync().unwrap();
+        files.revoke_last_group().unwrap();
+        append(&mut files, b"next", &[]);
+        files.sync().unwrap();
+        let mut reopened = FeatureFiles::open(dir.path()).unwrap();
+        let payloads: Vec<Vec<u8>> = replayed(&mut reopened, None).0.into_iter().map(|(p, _)| p).collect();
+        assert_eq!(payloads, vec![b"kept".to_vec(), b"next".to_vec()]);
     }
 }

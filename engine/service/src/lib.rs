@@ -60,7 +60,7 @@ pub use registry::{Answer, DecideInput, Experiment, Registry, Report, RewardAnsw
 pub use request_id::RequestIdLayer;
 pub use server::{ServeError, ServeOptions, TlsFiles, run};
 pub use store::{
-    AuditEntry, DATABASE_FILE, DEFAULT_WAL_RESTART_FRAMES, MemoryStore, Snapshot, SqliteStore, Store, StoreError,
-    StoredEpisodic, StoredExperiment, Write, decode_state, encode_state,
+    AuditEntry, DATABASE_FILE, DEFAULT_WAL_RESTART_FRAMES, MemoryStore, OnDurable, Snapshot, SqliteStore, Store,
+    StoreError, StoredEpisodic, StoredExperiment, Write, decode_state, encode_state,
 };
 pub use writer::{Commit, CommitResult, LogWriter, WriterStats};

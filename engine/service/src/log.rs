@@ -5,8 +5,9 @@
 use safebet_engine::{DecisionId, Fallback, FeatureLayout};
 use serde::{Deserialize, Serialize};
 
-/// One entry of an experiment's history.
-#[derive(Debug, Clone, PartialEq)]
+/// One entry of an experiment's history. Serialisable so the store can frame it into its journal (a
+/// decision's features travel beside it, not in it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LogRecord {
     /// The experiment.
     pub experiment_id: String,
@@ -19,7 +20,7 @@ pub struct LogRecord {
 }
 
 /// What a log record holds.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum LogEntry {
     /// A decision: its inputs (enough to make it again) and the answer given.
     Decision(Box<DecisionRecord>),

@@ -1,6 +1,8 @@
 //! Group commit: one thread owns the store's write path, drains whatever writes have queued up, commits them
-//! in one transaction (one fsync), and only then answers each caller. Under load a commit carries hundreds of
-//! decisions, so durability costs a fraction of a sync per decision instead of one sync each.
+//! in one transaction (one fsync), and answers each caller once its write is durable: callers of log records
+//! as soon as the store says so (the SQLite store's journal is synced before its tables commit), the others
+//! when the commit is done. Under load a commit carries hundreds of decisions, so durability costs a fraction
+//! of a sync per decision instead of one sync each.
 //!
 //! Ordering: callers enqueue under their experiment's lock, right after the engine applied the change, so the
 //! queue holds each experiment's records in `sequence` order, and a snapshot enqueued after a record is
@@ -185,18 +187,36 @@ fn run(store: &dyn Store, receiver: &Receiver<Job>, shared: &Shared) {
         let result = match refused {
             Some(reason) => Err(reason),
             None => {
-                let mut senders = Vec::with_capacity(jobs.len());
+                // Callers of log records may be answered as soon as their frames are durable (before the
+                // transaction ends); barriers, snapshots and audit entries only once it has committed.
+                let mut early = Vec::with_capacity(jobs.len());
+                let mut late = Vec::new();
                 for job in jobs.drain(..) {
                     match job {
+                        Job::Write(write @ Write::Log(_), sender) => {
+                            writes.push(write);
+                            early.push(sender);
+                        }
                         Job::Write(write, sender) => {
                             writes.push(write);
-                            senders.push(sender);
+                            late.push(sender);
                         }
-                        Job::Barrier(sender) => senders.push(Some(sender)),
+                        Job::Barrier(sender) => late.push(Some(sender)),
                     }
                 }
                 let started = Instant::now();
-                let outcome = store.commit(&writes);
+                // Answered on the journal's thread the moment the records are on disk; whoever the store did
+                // not answer (a failure, or a store that answers only by returning) is answered below.
+                let early = Arc::new(Mutex::new(early));
+                let answer_early = {
+                    let early = early.clone();
+                    Box::new(move || {
+                        for sender in early.lock().unwrap_or_else(|p| p.into_inner()).drain(..).flatten() {
+                            let _ = sender.send(Ok(()));
+                        }
+                    })
+                };
+                let outcome = store.commit_answering(&writes, answer_early);
                 let elapsed = started.elapsed();
                 metrics::histogram!("safebet_store_commit_seconds").record(elapsed);
                 metrics::histogram!("safebet_store_commit_writes").record(writes.len() as f64);
@@ -220,7 +240,8 @@ fn run(store: &dyn Store, receiver: &Receiver<Job>, shared: &Shared) {
                     }
                 };
                 writes.clear();
-                for sender in senders.into_iter().flatten() {
+                let unanswered = std::mem::take(&mut *early.lock().unwrap_or_else(|p| p.into_inner()));
+                for sender in unanswered.into_iter().chain(late).flatten() {
                     let _ = sender.send(result.clone());
                 }
                 continue;
