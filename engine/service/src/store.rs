@@ -565,12 +565,20 @@ impl Store for SqliteStore {
                 return Err(e);
             }
             synced?;
-            tx.commit()?;
+            if let Err(e) = tx.commit() {
+                // Log records already answered stay in the journal (a replay puts their rows in); frames of a
+                // group whose callers will hear of the failure must not.
+                if !journaled && let Err(revoke) = features.revoke_last_group() {
+                    tracing::error!(error = %revoke, "cannot take back a failed group's journal frames");
+                }
+                return Err(e.into());
+            }
             Ok::<bool, StoreError>(compacted)
         })();
         drop(features);
-        if journaled {
-            connection.execute_batch("PRAGMA synchronous = FULL")?;
+        if journaled && let Err(e) = connection.execute_batch("PRAGMA synchronous = FULL") {
+            // The commit stands; only admin writes would be less durable until the next log commit retries.
+            tracing::error!(error = %e, "cannot set synchronous = FULL back after a log commit");
         }
         if committed? {
             self.remove_unreferenced_features(&connection);
