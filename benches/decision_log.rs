@@ -168,7 +168,7 @@ fn main() {
         "database {:.1} MB, WAL {:.1} MB, journal {:.1} MB at the end; {} bytes sent to storage per record",
         size("") as f64 / 1e6,
         size("-wal") as f64 / 1e6,
-        store.feature_bytes_on_disk().unwrap_or(0) as f64 / 1e6,
+        store.journal_bytes_on_disk().unwrap_or(0) as f64 / 1e6,
         written.map_or("unknown".into(), |w| format!("{:.0}", w as f64 / sequence as f64)),
     );
 }

@@ -38,7 +38,7 @@ mod decision;
 mod definition;
 mod episodes;
 mod error;
-mod feature_files;
+mod journal;
 mod limits;
 mod log;
 mod registry;

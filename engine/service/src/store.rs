@@ -6,7 +6,7 @@
 //!
 //! The service talks to storage only through the [`Store`] trait. [`SqliteStore`] is the default: one file,
 //! WAL mode, readable by analysts with `sqlite3` or pandas while the service runs, plus a journal of
-//! append-only segment files beside it (see `feature_files`) that holds every log record with its decision
+//! append-only segment files beside it (see `journal`) that holds every log record with its decision
 //! features. A group of log records is durable once its frames are synced there; their rows then commit
 //! without a sync of their own, and the journal puts back on open whatever rows a crash took.
 //! Definitions, snapshots and audit entries commit with `synchronous = FULL`.
@@ -20,7 +20,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 use crate::definition::ExperimentDef;
-use crate::feature_files::{FeatureFiles, FeatureRef, JournalPosition};
+use crate::journal::{FeatureRef, Journal, JournalPosition};
 use crate::log::{DecisionRecord, EpisodeStartRecord, LogEntry, LogRecord, StepRecord, decode_features, feature_bytes};
 
 /// A storage failure. The change that failed was not made.
@@ -40,8 +40,8 @@ pub enum StoreError {
     /// The store call was abandoned because the runtime is shutting down.
     #[error("the service is shutting down")]
     ShuttingDown,
-    /// The feature files could not be written or read.
-    #[error("feature files: {0}")]
+    /// The journal could not be written or read.
+    #[error("journal: {0}")]
     Features(#[from] std::io::Error),
     /// The data directory could not be created.
     #[error("cannot create data directory {path}: {source}")]
@@ -219,8 +219,9 @@ pub struct SqliteStore {
     /// One connection: writes are rare (admin changes, periodic snapshots), so serialising them costs nothing
     /// and keeps SQLite's locking out of the picture.
     connection: Mutex<Connection>,
-    /// The decision features the log rows point to; locked only while `connection` is.
-    features: Mutex<FeatureFiles>,
+    /// The log's journal, where the decision features the log rows point to are; locked only while
+    /// `connection` is.
+    journal: Mutex<Journal>,
     path: PathBuf,
     /// Stops the checkpoint thread when the store is dropped.
     stop_checkpoints: Arc<AtomicBool>,
@@ -367,9 +368,9 @@ impl SqliteStore {
         connection.busy_timeout(std::time::Duration::from_secs(5))?;
         connection.execute_batch(SCHEMA)?;
         add_feature_file_columns(&connection)?;
-        let mut features = FeatureFiles::open(data_dir)?;
+        let mut journal = Journal::open(data_dir)?;
         let mut connection = connection;
-        replay_journal(&mut connection, &mut features)?;
+        replay_journal(&mut connection, &mut journal)?;
         // Checkpoints (copying the WAL back into the database file) run on their own connection and thread,
         // so the decision log's commits never wait for one: SQLite's automatic checkpoint would run inside
         // the committing call every 4 MiB of log, a latency spike every few tens of milliseconds under load.
@@ -392,7 +393,7 @@ impl SqliteStore {
         }
         Ok(SqliteStore {
             connection: Mutex::new(connection),
-            features: Mutex::new(features),
+            journal: Mutex::new(journal),
             path,
             stop_checkpoints: stop,
             restart_wal,
@@ -410,31 +411,32 @@ impl SqliteStore {
         self.connection.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The feature files; lock only while holding [`SqliteStore::connection`].
-    fn features(&self) -> std::sync::MutexGuard<'_, FeatureFiles> {
+    /// The journal; lock only while holding [`SqliteStore::connection`].
+    fn journal(&self) -> std::sync::MutexGuard<'_, Journal> {
         // Appended bytes are only counted by a sync, so a panic leaves nothing half-counted.
-        self.features.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.journal.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Removes the feature files no log row points into any more (after deletions and compactions). Runs
-    /// after the change committed, so a failure only leaves disk space in use: it is logged, not returned.
-    fn remove_unreferenced_features(&self, connection: &Connection) {
+    /// Removes the journal segments (and older feature files) no log row points into any more (after
+    /// deletions and compactions); every frame in them is already in the tables. Runs after the change
+    /// committed, so a failure only leaves disk space in use: it is logged, not returned.
+    fn remove_unreferenced_segments(&self, connection: &Connection) {
         let removed = connection
             .prepare_cached("SELECT 1 FROM log WHERE features_file = ?1 LIMIT 1")
             .map_err(|e| std::io::Error::other(e.to_string()));
         let removed = removed.and_then(|mut select| {
-            self.features().remove_unreferenced(&mut |file| {
+            self.journal().remove_unreferenced(&mut |file| {
                 select.exists(params![file]).map_err(|e| std::io::Error::other(e.to_string()))
             })
         });
         if let Err(e) = removed {
-            tracing::warn!(error = %e, "removing unused feature files failed; they stay until the next deletion");
+            tracing::warn!(error = %e, "removing unused journal segments failed; they stay until the next deletion");
         }
     }
 
-    /// Total bytes of the feature files.
-    pub fn feature_bytes_on_disk(&self) -> Result<u64, StoreError> {
-        Ok(crate::feature_files::bytes_in(self.data_dir())?)
+    /// Total bytes of the journal (and older feature files).
+    pub fn journal_bytes_on_disk(&self) -> Result<u64, StoreError> {
+        Ok(crate::journal::bytes_in(self.data_dir())?)
     }
 
     /// The data directory the store lives in.
@@ -462,7 +464,7 @@ impl Store for SqliteStore {
         tx.execute("DELETE FROM log WHERE experiment_id = ?1", params![id])?;
         tx.execute("DELETE FROM experiments WHERE id = ?1", params![id])?;
         tx.commit()?;
-        self.remove_unreferenced_features(&connection);
+        self.remove_unreferenced_segments(&connection);
         Ok(())
     }
 
@@ -496,7 +498,7 @@ impl Store for SqliteStore {
         };
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
-            if let Some(stored) = load_one(&connection, &mut self.features(), &id)? {
+            if let Some(stored) = load_one(&connection, &mut self.journal(), &id)? {
                 out.push(stored);
             }
         }
@@ -504,13 +506,13 @@ impl Store for SqliteStore {
     }
 
     fn load_experiment(&self, id: &str) -> Result<Option<StoredExperiment>, StoreError> {
-        load_one(&self.connection(), &mut self.features(), id)
+        load_one(&self.connection(), &mut self.journal(), id)
     }
 
     fn disk_usage(&self) -> Vec<(&'static str, u64)> {
         let size = |path: &Path| std::fs::metadata(path).map_or(0, |m| m.len());
         let wal = self.path.with_file_name(format!("{DATABASE_FILE}-wal"));
-        let features = crate::feature_files::bytes_in(self.data_dir()).unwrap_or(0);
+        let features = crate::journal::bytes_in(self.data_dir()).unwrap_or(0);
         vec![("database", size(&self.path)), ("wal", size(&wal)), ("features", features)]
     }
 
@@ -520,8 +522,8 @@ impl Store for SqliteStore {
             return Ok(());
         }
         let mut connection = self.connection();
-        let mut features = self.features();
-        features.discard();
+        let mut journal = self.journal();
+        journal.discard();
         // Every log record is framed into the journal with its features; its row points at the features
         // there, so the rows can be inserted while the frames are written.
         let mut feature_refs = Vec::with_capacity(writes.len());
@@ -532,13 +534,13 @@ impl Store for SqliteStore {
                         LogEntry::Decision(d) => (feature_bytes(&d.features), true),
                         _ => (std::borrow::Cow::Borrowed(&[][..]), false),
                     };
-                    let at = features.append_frame(&mut |buffer| encode_journal_record(buffer, record), &bytes)?;
+                    let at = journal.append_frame(&mut |buffer| encode_journal_record(buffer, record), &bytes)?;
                     decision.then_some(at)
                 }
                 _ => None,
             });
         }
-        let journal_end = features.end_after_sync();
+        let journal_end = journal.end_after_sync();
         // Log records alone are durable once their frames are synced, so their rows commit without a sync
         // (synchronous = NORMAL). Admin and snapshot writes keep SQLite's own sync.
         let journaled = writes.iter().all(|w| matches!(w, Write::Log(_)));
@@ -551,14 +553,14 @@ impl Store for SqliteStore {
             // The frames go to disk (write + fdatasync) on the journal's own thread while this one inserts the
             // rows; that thread also says the log records are durable as soon as they are. The rows commit only
             // after the frames are on disk, so a committed row never points at bytes that are not.
-            features.start_sync(if journaled { Some(durable) } else { None })?;
+            journal.start_sync(if journaled { Some(durable) } else { None })?;
             let inserted = insert_writes(&tx, writes, &feature_refs, &mut compacted)
                 .and_then(|()| journal_end.map_or(Ok(()), |end| set_journal_position(&tx, end)));
-            let synced = features.finish_sync();
+            let synced = journal.finish_sync();
             if let Err(e) = inserted {
                 // The frames must not be replayed later: the caller is told this commit failed.
                 if synced.is_ok()
-                    && let Err(revoke) = features.revoke_last_group()
+                    && let Err(revoke) = journal.revoke_last_group()
                 {
                     tracing::error!(error = %revoke, "cannot take back a failed group's journal frames");
                 }
@@ -568,20 +570,20 @@ impl Store for SqliteStore {
             if let Err(e) = tx.commit() {
                 // Log records already answered stay in the journal (a replay puts their rows in); frames of a
                 // group whose callers will hear of the failure must not.
-                if !journaled && let Err(revoke) = features.revoke_last_group() {
+                if !journaled && let Err(revoke) = journal.revoke_last_group() {
                     tracing::error!(error = %revoke, "cannot take back a failed group's journal frames");
                 }
                 return Err(e.into());
             }
             Ok::<bool, StoreError>(compacted)
         })();
-        drop(features);
+        drop(journal);
         if journaled && let Err(e) = connection.execute_batch("PRAGMA synchronous = FULL") {
             // The commit stands; only admin writes would be less durable until the next log commit retries.
             tracing::error!(error = %e, "cannot set synchronous = FULL back after a log commit");
         }
         if committed? {
-            self.remove_unreferenced_features(&connection);
+            self.remove_unreferenced_segments(&connection);
         }
         if self.restart_wal.swap(false, Ordering::Relaxed) {
             // Between commits nothing else writes, so this copies what the last PASSIVE pass left and makes
@@ -599,13 +601,13 @@ impl Store for SqliteStore {
         visit: &mut dyn FnMut(LogRecord) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
         let connection = self.connection();
-        let mut features = self.features();
+        let mut journal = self.journal();
         let mut select = connection.prepare(&format!(
             "SELECT {LOG_COLUMNS} FROM log WHERE (?1 IS NULL OR experiment_id = ?1) ORDER BY experiment_id, sequence"
         ))?;
         let mut rows = select.query(params![experiment])?;
         while let Some(row) = rows.next()? {
-            visit(record_from_row(row, &mut features)?)?;
+            visit(record_from_row(row, &mut journal)?)?;
         }
         Ok(())
     }
@@ -647,7 +649,7 @@ impl Store for SqliteStore {
         tx.execute("DELETE FROM log WHERE experiment_id = ?1", params![id])?;
         tx.execute("DELETE FROM episodic_experiments WHERE id = ?1", params![id])?;
         tx.commit()?;
-        self.remove_unreferenced_features(&connection);
+        self.remove_unreferenced_segments(&connection);
         Ok(())
     }
 
@@ -661,7 +663,7 @@ impl Store for SqliteStore {
         };
         let mut out = Vec::with_capacity(rows.len());
         for (id, config) in rows {
-            let (snapshot, log) = snapshot_and_log(&connection, &mut self.features(), &id)?;
+            let (snapshot, log) = snapshot_and_log(&connection, &mut self.journal(), &id)?;
             out.push(StoredEpisodic { id, config, snapshot, log });
         }
         Ok(out)
@@ -669,14 +671,14 @@ impl Store for SqliteStore {
 
     fn recent_log(&self, experiment: &str, limit: usize) -> Result<Vec<LogRecord>, StoreError> {
         let connection = self.connection();
-        let mut features = self.features();
+        let mut journal = self.journal();
         let mut select = connection.prepare_cached(&format!(
             "SELECT {LOG_COLUMNS} FROM log WHERE experiment_id = ?1 ORDER BY sequence DESC LIMIT ?2"
         ))?;
         let mut rows = select.query(params![experiment, i64::try_from(limit).unwrap_or(i64::MAX)])?;
         let mut records = Vec::new();
         while let Some(row) = rows.next()? {
-            records.push(record_from_row(row, &mut features)?);
+            records.push(record_from_row(row, &mut journal)?);
         }
         records.reverse();
         Ok(records)
@@ -687,11 +689,11 @@ impl Store for SqliteStore {
         let tx = connection.transaction()?;
         tx.execute("INSERT OR REPLACE INTO probe (id) VALUES (1)", [])?;
         tx.commit()?;
-        let mut features = self.features();
-        features.probe()?;
+        let mut journal = self.journal();
+        journal.probe()?;
         // A commit that failed after its frames were synced (and its callers answered) left them out of the
         // tables: put them in before anything is rebuilt from the tables.
-        replay_journal(&mut connection, &mut features)
+        replay_journal(&mut connection, &mut journal)
     }
 }
 
@@ -760,7 +762,7 @@ fn set_journal_position(tx: &rusqlite::Transaction<'_>, (file, offset): JournalP
 
 /// Inserts the journal's frames after the recorded position into the log table (records whose rows did not
 /// reach the database before a crash or a failed commit), records the new position, and commits durably.
-fn replay_journal(connection: &mut Connection, features: &mut FeatureFiles) -> Result<(), StoreError> {
+fn replay_journal(connection: &mut Connection, journal: &mut Journal) -> Result<(), StoreError> {
     let from: Option<JournalPosition> = connection
         .query_row("SELECT file, offset FROM journal WHERE id = 1", [], |row| {
             Ok((row.get::<_, u32>(0)?, row.get::<_, i64>(1)? as u64))
@@ -771,7 +773,7 @@ fn replay_journal(connection: &mut Connection, features: &mut FeatureFiles) -> R
     let end = {
         // A row already there is the same record (its frame and its row were both kept): leave it.
         let mut insert = tx.prepare(&format!("{INSERT_LOG} ON CONFLICT DO NOTHING"))?;
-        features.replay::<StoreError>(from, &mut |payload, at| {
+        journal.replay::<StoreError>(from, &mut |payload, at| {
             let record: LogRecord = rmp_serde::from_slice(payload).map_err(|e| StoreError::Corrupt {
                 id: format!("journal segment {}", at.file),
                 reason: format!("a frame's record does not decode: {e}"),
@@ -896,7 +898,7 @@ fn insert_record(
     Ok(())
 }
 
-fn record_from_row(row: &rusqlite::Row<'_>, features: &mut FeatureFiles) -> Result<LogRecord, StoreError> {
+fn record_from_row(row: &rusqlite::Row<'_>, journal: &mut Journal) -> Result<LogRecord, StoreError> {
     let experiment_id: String = row.get(0)?;
     let sequence: i64 = row.get(1)?;
     let unix_ms: i64 = row.get(2)?;
@@ -920,7 +922,7 @@ fn record_from_row(row: &rusqlite::Row<'_>, features: &mut FeatureFiles) -> Resu
                         length: row.get(17)?,
                         crc32: row.get(18)?,
                     };
-                    features.read(at).map_err(|e| corrupt(format!("log record {sequence}: {e}")))?
+                    journal.read(at).map_err(|e| corrupt(format!("log record {sequence}: {e}")))?
                 }
             };
             record.features =
@@ -959,25 +961,21 @@ fn record_from_row(row: &rusqlite::Row<'_>, features: &mut FeatureFiles) -> Resu
 }
 
 /// One experiment's definition, snapshot and log after the snapshot.
-fn load_one(
-    connection: &Connection,
-    features: &mut FeatureFiles,
-    id: &str,
-) -> Result<Option<StoredExperiment>, StoreError> {
+fn load_one(connection: &Connection, journal: &mut Journal, id: &str) -> Result<Option<StoredExperiment>, StoreError> {
     let json: Option<String> = connection
         .query_row("SELECT definition FROM experiments WHERE id = ?1", params![id], |row| row.get(0))
         .optional()?;
     let Some(json) = json else { return Ok(None) };
     let definition: ExperimentDef =
         serde_json::from_str(&json).map_err(|e| StoreError::Corrupt { id: id.to_owned(), reason: e.to_string() })?;
-    let (snapshot, log) = snapshot_and_log(connection, features, id)?;
+    let (snapshot, log) = snapshot_and_log(connection, journal, id)?;
     Ok(Some(StoredExperiment { definition, snapshot, log }))
 }
 
 /// An experiment's latest snapshot and its log after the snapshot.
 fn snapshot_and_log(
     connection: &Connection,
-    features: &mut FeatureFiles,
+    journal: &mut Journal,
     id: &str,
 ) -> Result<(Option<Snapshot>, Vec<LogRecord>), StoreError> {
     let snapshot = connection
@@ -993,7 +991,7 @@ fn snapshot_and_log(
     let mut rows = select.query(params![id, after])?;
     let mut log = Vec::new();
     while let Some(row) = rows.next()? {
-        log.push(record_from_row(row, features)?);
+        log.push(record_from_row(row, journal)?);
     }
     Ok((snapshot, log))
 }
@@ -1182,7 +1180,7 @@ mod tests {
     }
 
     #[test]
-    fn decision_features_live_in_the_feature_files_and_survive_a_reopen() {
+    fn decision_features_live_in_the_journal_and_survive_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let records: Vec<LogRecord> = (1..=20)
             .map(|i| decision(i, vec![i as f64, -0.0, f64::MIN_POSITIVE / 2.0, 1e300, 0.1, -(i as f64)]))
@@ -1199,7 +1197,7 @@ mod tests {
                 .unwrap();
             assert_eq!(inline, 0, "no feature bytes in the rows");
             // Each record framed once in the journal: its features plus a header and the row's fields.
-            let bytes = store.feature_bytes_on_disk().unwrap();
+            let bytes = store.journal_bytes_on_disk().unwrap();
             assert!((20 * 6 * 8..20 * (6 * 8 + 1024)).contains(&bytes), "{bytes} bytes");
         }
         let store = SqliteStore::open(dir.path()).unwrap();
@@ -1265,7 +1263,7 @@ mod tests {
             store.save_definition(&def("a")).unwrap();
             store.commit(&[Write::Log(decision(1, vec![1.0, 2.0]))]).unwrap();
         }
-        let file = dir.path().join(crate::feature_files::FEATURES_DIR).join("00000001.seg");
+        let file = dir.path().join(crate::journal::FEATURES_DIR).join("00000001.seg");
         let mut bytes = std::fs::read(&file).unwrap();
         let last = bytes.len() - 3; // in the features, which end the frame
         bytes[last] ^= 0x10;
@@ -1275,10 +1273,10 @@ mod tests {
         assert!(error.to_string().contains("checksum"), "{error}");
     }
     #[test]
-    fn deletions_and_compactions_remove_only_the_feature_files_no_row_points_into() {
+    fn deletions_and_compactions_remove_only_the_segments_no_row_points_into() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path()).unwrap();
-        store.features().set_max_file_bytes(64); // a new file after every group of more than 64 bytes
+        store.journal().set_max_file_bytes(64); // a new file after every group of more than 64 bytes
         store.save_definition(&def("a")).unwrap();
         store.save_definition(&def("b")).unwrap();
         let group = |id: &str, from: u64| -> Vec<Write> {
@@ -1294,7 +1292,7 @@ mod tests {
         store.commit(&group("b", 1)).unwrap(); // file 2
         store.commit(&group("a", 4)).unwrap(); // file 3, the newest
         let files = || {
-            let mut names: Vec<String> = std::fs::read_dir(dir.path().join(crate::feature_files::FEATURES_DIR))
+            let mut names: Vec<String> = std::fs::read_dir(dir.path().join(crate::journal::FEATURES_DIR))
                 .unwrap()
                 .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
                 .collect();
@@ -1392,7 +1390,7 @@ mod tests {
             store.delete_experiment("gone").unwrap();
         }
         // And half a frame written after the end.
-        let segment = dir.path().join(crate::feature_files::FEATURES_DIR).join("00000001.seg");
+        let segment = dir.path().join(crate::journal::FEATURES_DIR).join("00000001.seg");
         let mut bytes = std::fs::read(&segment).unwrap();
         bytes.extend_from_slice(&bytes.clone()[..30]);
         std::fs::write(&segment, &bytes).unwrap();

@@ -78,7 +78,7 @@ impl CallTimer {
     }
 }
 
-/// Refreshes the store's disk gauges (database, WAL, feature files), so operators see the log grow.
+/// Refreshes the store's disk gauges (database, WAL, journal), so operators see the log grow.
 pub fn refresh_store(store: &dyn Store) {
     for (part, bytes) in store.disk_usage() {
         metrics::gauge!("safebet_store_bytes", "part" => part).set(bytes as f64);

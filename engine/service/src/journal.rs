@@ -8,7 +8,7 @@
 //! as MessagePack, then the features), a group is durable as soon as its one `write` + `fdatasync` here
 //! returns: the rows that SQLite keeps for queries can commit without a sync of their own, and a crash
 //! before they reach disk is repaired on the next open by replaying the frames after the position the
-//! database last recorded ([`FeatureFiles::replay`]).
+//! database last recorded ([`Journal::replay`]).
 //!
 //! Files are `features/NNNNNNNN.seg`, a new file once one passes [`MAX_FILE_BYTES`]. A frame is a 20-byte
 //! header (magic, payload length, features length, CRC-32 of the features, CRC-32 of the header's first 16
@@ -62,7 +62,7 @@ pub struct FeatureRef {
     pub crc32: u32,
 }
 
-/// What [`FeatureFiles::replay`] calls with each frame: its payload and where its features are.
+/// What [`Journal::replay`] calls with each frame: its payload and where its features are.
 pub type FrameVisitor<'a, E> = dyn FnMut(&[u8], FeatureRef) -> Result<(), E> + 'a;
 
 /// A place in the journal: the byte `offset` of segment `file`.
@@ -70,11 +70,11 @@ pub type JournalPosition = (u32, u64);
 
 /// The journal of one store. Not shared between threads: the store keeps it behind its lock.
 #[derive(Debug)]
-pub struct FeatureFiles {
+pub struct Journal {
     directory: PathBuf,
     /// The segment being appended to, opened at the first append.
     active: Option<ActiveFile>,
-    /// Frames appended since the last [`FeatureFiles::sync`], in the active file's order.
+    /// Frames appended since the last [`Journal::sync`], in the active file's order.
     pending: Vec<u8>,
     /// Files opened for reading.
     readers: HashMap<u32, File>,
@@ -115,12 +115,12 @@ struct ActiveFile {
     length: u64,
 }
 
-impl FeatureFiles {
+impl Journal {
     /// The journal in `data_dir`; creates its directory if needed. Opens no file yet.
-    pub fn open(data_dir: &Path) -> io::Result<FeatureFiles> {
+    pub fn open(data_dir: &Path) -> io::Result<Journal> {
         let directory = data_dir.join(FEATURES_DIR);
         std::fs::create_dir_all(&directory)?;
-        Ok(FeatureFiles {
+        Ok(Journal {
             directory,
             active: None,
             pending: Vec::new(),
@@ -163,7 +163,7 @@ impl FeatureFiles {
         Ok(files)
     }
 
-    /// Queues a frame (the payload `encode` writes, then `features`) for the next [`FeatureFiles::sync`] and
+    /// Queues a frame (the payload `encode` writes, then `features`) for the next [`Journal::sync`] and
     /// says where its features will be. A group's frames all go to one file; a new file is started only at
     /// the first append of a group.
     pub fn append_frame(
@@ -254,7 +254,7 @@ impl FeatureFiles {
     }
 
     /// Starts writing and syncing what was appended, on the syncer thread, so the caller can insert the rows
-    /// meanwhile; [`FeatureFiles::finish_sync`] waits for it. Appending must wait until then. An error
+    /// meanwhile; [`Journal::finish_sync`] waits for it. Appending must wait until then. An error
     /// here (only when the syncer thread is gone and the bytes were written inline) means they did not count.
     /// `on_synced` runs once the bytes are on disk (never if they are not, or if nothing was appended).
     pub fn start_sync(&mut self, on_synced: Option<OnSynced>) -> io::Result<()> {
@@ -291,7 +291,7 @@ impl FeatureFiles {
         }
     }
 
-    /// Waits for the sync [`FeatureFiles::start_sync`] started, if one is running.
+    /// Waits for the sync [`Journal::start_sync`] started, if one is running.
     pub fn finish_sync(&mut self) -> io::Result<()> {
         let Some(length) = self.in_flight.take() else { return Ok(()) };
         let answer = self.syncer.as_ref().map(|(_, done)| done.recv());
@@ -501,7 +501,7 @@ fn write_and_sync(file: &File, offset: u64, bytes: &[u8]) -> io::Result<()> {
     file.sync_data()
 }
 
-/// The syncer thread: it ends when its [`FeatureFiles`] is dropped (the job channel closes).
+/// The syncer thread: it ends when its [`Journal`] is dropped (the job channel closes).
 fn start_syncer() -> (Sender<SyncJob>, Receiver<SyncDone>) {
     let (jobs, incoming) = channel::<SyncJob>();
     let (answers, done) = channel::<SyncDone>();
@@ -528,7 +528,7 @@ mod tests {
     use super::*;
 
     /// Frames `features` behind a payload naming them, as the store frames a record.
-    fn append(files: &mut FeatureFiles, payload: &[u8], features: &[u8]) -> FeatureRef {
+    fn append(files: &mut Journal, payload: &[u8], features: &[u8]) -> FeatureRef {
         files
             .append_frame(
                 &mut |buffer| {
@@ -544,9 +544,9 @@ mod tests {
     /// Frames as (payload, features).
     type Frames = Vec<(Vec<u8>, Vec<u8>)>;
 
-    fn replayed(files: &mut FeatureFiles, from: Option<JournalPosition>) -> (Frames, JournalPosition) {
+    fn replayed(files: &mut Journal, from: Option<JournalPosition>) -> (Frames, JournalPosition) {
         let mut frames = Vec::new();
-        let mut reader = FeatureFiles::open(files.directory.parent().unwrap()).unwrap();
+        let mut reader = Journal::open(files.directory.parent().unwrap()).unwrap();
         let end = files
             .replay::<io::Error>(from, &mut |payload, at| {
                 frames.push((payload.to_vec(), reader.read(at).map_err(io::Error::other)?));
@@ -560,13 +560,13 @@ mod tests {
     #[test]
     fn appended_bytes_read_back_after_a_sync_and_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let mut files = FeatureFiles::open(dir.path()).unwrap();
+        let mut files = Journal::open(dir.path()).unwrap();
         let first = append(&mut files, b"a", &[1, 2, 3]);
         let second = append(&mut files, b"bb", &[4, 5]);
         files.sync().unwrap();
         assert_eq!((first.file, first.offset), (1, (FRAME_HEADER + 1) as u64));
         assert_eq!(second.offset, first.offset + 3 + (FRAME_HEADER + 2) as u64);
-        let mut reopened = FeatureFiles::open(dir.path()).unwrap();
+        let mut reopened = Journal::open(dir.path()).unwrap();
         assert_eq!(reopened.read(first).unwrap(), vec![1, 2, 3]);
         assert_eq!(reopened.read(second).unwrap(), vec![4, 5]);
         // Appends continue after what is there.
@@ -578,7 +578,7 @@ mod tests {
     #[test]
     fn a_discarded_group_is_written_over() {
         let dir = tempfile::tempdir().unwrap();
-        let mut files = FeatureFiles::open(dir.path()).unwrap();
+        let mut files = Journal::open(dir.path()).unwrap();
         append(&mut files, b"gone", &[9; 8]);
         files.discard();
         let kept = append(&mut files, b"kept", &[7; 4]);
@@ -591,14 +591,14 @@ mod tests {
     #[test]
     fn damaged_or_missing_bytes_are_an_error_not_garbage() {
         let dir = tempfile::tempdir().unwrap();
-        let mut files = FeatureFiles::open(dir.path()).unwrap();
+        let mut files = Journal::open(dir.path()).unwrap();
         let at = append(&mut files, b"p", &[1; 16]);
         files.sync().unwrap();
         let path = dir.path().join(FEATURES_DIR).join("00000001.seg");
         let mut bytes = std::fs::read(&path).unwrap();
         *bytes.last_mut().unwrap() = 2;
         std::fs::write(&path, &bytes).unwrap();
-        let mut reread = FeatureFiles::open(dir.path()).unwrap();
+        let mut reread = Journal::open(dir.path()).unwrap();
         assert!(reread.read(at).unwrap_err().contains("checksum"));
         assert!(reread.read(FeatureRef { offset: at.offset + 8, ..at }).unwrap_err().contains("beyond"));
         assert!(reread.read(FeatureRef { length: u32::MAX, ..at }).unwrap_err().contains("beyond"));
@@ -610,7 +610,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join(FEATURES_DIR)).unwrap();
         std::fs::write(dir.path().join(FEATURES_DIR).join("00000003.f64le"), [5; 16]).unwrap();
-        let mut files = FeatureFiles::open(dir.path()).unwrap();
+        let mut files = Journal::open(dir.path()).unwrap();
         let old = FeatureRef { file: 3, offset: 8, length: 8, crc32: crc32fast::hash(&[5; 8]) };
         assert_eq!(files.read(old).unwrap(), vec![5; 8]);
         let new = append(&mut files, b"n", &[6; 8]);
@@ -623,7 +623,7 @@ mod tests {
     #[test]
     fn full_files_roll_over_and_unreferenced_ones_are_removed() {
         let dir = tempfile::tempdir().unwrap();
-        let mut files = FeatureFiles::open(dir.path()).unwrap();
+        let mut files = Journal::open(dir.path()).unwrap();
         let first = append(&mut files, b"1", &[1; 8]);
         files.sync().unwrap();
         files.set_max_file_bytes(8); // the first file is now full
@@ -631,7 +631,7 @@ mod tests {
         let same_group = append(&mut files, b"3", &[3; 8]);
         files.sync().unwrap();
         assert_eq!((first.file, second.file, same_group.file), (1, 2, 2));
-        let numbers = |files: &FeatureFiles| files.files().unwrap().into_iter().map(|(n, _)| n).collect::<Vec<_>>();
+        let numbers = |files: &Journal| files.files().unwrap().into_iter().map(|(n, _)| n).collect::<Vec<_>>();
         // File 1 still referenced: kept. The newest is kept whatever it holds.
         files.remove_unreferenced(&mut |n| Ok(n == 1)).unwrap();
         assert_eq!(numbers(&files), vec![1, 2]);
@@ -644,7 +644,7 @@ mod tests {
     #[test]
     fn replay_returns_the_frames_after_a_position_across_segments_and_cuts_a_torn_tail() {
         let dir = tempfile::tempdir().unwrap();
-        let mut files = FeatureFiles::open(dir.path()).unwrap();
+        let mut files = Journal::open(dir.path()).unwrap();
         append(&mut files, b"one", &[1; 8]);
         files.sync().unwrap();
         let after_one = files.end_after_sync().unwrap();
@@ -661,7 +661,7 @@ mod tests {
         bytes.extend_from_slice(&bytes.clone()[..FRAME_HEADER + 2]);
         std::fs::write(&path, &bytes).unwrap();
 
-        let mut reopened = FeatureFiles::open(dir.path()).unwrap();
+        let mut reopened = Journal::open(dir.path()).unwrap();
         let (all, replay_end) = replayed(&mut reopened, None);
         let payloads: Vec<&[u8]> = all.iter().map(|(p, _)| p.as_slice()).collect();
         assert_eq!(payloads, [b"one".as_slice(), b"two", b"three"]);
@@ -680,7 +680,7 @@ mod tests {
     #[test]
     fn a_damaged_frame_ends_the_replay() {
         let dir = tempfile::tempdir().unwrap();
-        let mut files = FeatureFiles::open(dir.path()).unwrap();
+        let mut files = Journal::open(dir.path()).unwrap();
         append(&mut files, b"intact", &[1; 8]);
         let second = append(&mut files, b"damaged", &[2; 8]);
         files.sync().unwrap();
@@ -688,7 +688,7 @@ mod tests {
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[second.offset as usize - 3] ^= 1; // a bit of the second payload
         std::fs::write(&path, &bytes).unwrap();
-        let mut reopened = FeatureFiles::open(dir.path()).unwrap();
+        let mut reopened = Journal::open(dir.path()).unwrap();
         let (frames, end) = replayed(&mut reopened, None);
         assert_eq!(frames, vec![(b"intact".to_vec(), vec![1; 8])]);
         assert_eq!(end, (1, (FRAME_HEADER + 6 + 8) as u64));
@@ -697,7 +697,7 @@ mod tests {
     #[test]
     fn a_revoked_group_is_never_replayed() {
         let dir = tempfile::tempdir().unwrap();
-        let mut files = FeatureFiles::open(dir.path()).unwrap();
+        let mut files = Journal::open(dir.path()).unwrap();
         append(&mut files, b"kept", &[1; 8]);
         files.sync().unwrap();
         append(&mut files, b"revoked", &[2; 8]);
@@ -705,7 +705,7 @@ mod tests {
         files.revoke_last_group().unwrap();
         append(&mut files, b"next", &[]);
         files.sync().unwrap();
-        let mut reopened = FeatureFiles::open(dir.path()).unwrap();
+        let mut reopened = Journal::open(dir.path()).unwrap();
         let payloads: Vec<Vec<u8>> = replayed(&mut reopened, None).0.into_iter().map(|(p, _)| p).collect();
         assert_eq!(payloads, vec![b"kept".to_vec(), b"next".to_vec()]);
     }
