@@ -81,6 +81,7 @@ async fn the_metrics_endpoint_reports_traffic_latency_and_budget() {
         "safebet_budget_margin{experiment=\"scraped\"}",
         "safebet_drift_alarm{experiment=\"scraped\"} 0",
         "safebet_store_commit_seconds_bucket",
+        "safebet_store_durable_seconds_bucket",
         "safebet_decisions_by_outcome_total{experiment=\"scraped\",outcome=",
         "safebet_episodes{experiment=\"episodes\"} 1",
         "safebet_baseline_share{experiment=\"episodes\"} 1",
@@ -95,7 +96,7 @@ async fn the_metrics_endpoint_reports_traffic_latency_and_budget() {
     let features: f64 = text
         .lines()
         .find_map(|line| line.strip_prefix("safebet_store_bytes{part=\"features\"} "))
-        .unwrap_or_else(|| panic!("no feature-file gauge in\n{text}"))
+        .unwrap_or_else(|| panic!("no journal gauge in\n{text}"))
         .parse()
         .unwrap();
     assert!(features >= 30.0 * 32.0, "feature files hold {features} bytes");

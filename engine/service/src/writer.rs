@@ -204,13 +204,15 @@ fn run(store: &dyn Store, receiver: &Receiver<Job>, shared: &Shared) {
                         Job::Barrier(sender) => late.push(Some(sender)),
                     }
                 }
-                let started = Instant::now();
                 // Answered on the journal's thread the moment the records are on disk; whoever the store did
                 // not answer (a failure, or a store that answers only by returning) is answered below.
+                let started = Instant::now();
                 let early = Arc::new(Mutex::new(early));
                 let answer_early = {
                     let early = early.clone();
                     Box::new(move || {
+                        // What a decision's caller waits for the log: less than the whole commit.
+                        metrics::histogram!("safebet_store_durable_seconds").record(started.elapsed());
                         for sender in early.lock().unwrap_or_else(|p| p.into_inner()).drain(..).flatten() {
                             let _ = sender.send(Ok(()));
                         }
