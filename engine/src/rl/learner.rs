@@ -216,10 +216,45 @@ pub struct EpisodicLearner {
     learner_policy: Vec<usize>,
     /// Sum over learner-driven episodes of their value lower bound when they were played.
     learner_lower_sum: f64,
+    /// Returns of the finished baseline-driven episodes: samples of V^b when it is not known.
+    #[serde(default)]
+    baseline_returns: ReturnStats,
     active: Option<ActiveEpisode>,
     stats: EpisodicStats,
     #[serde(skip)]
     values: Vec<f64>,
+}
+
+/// Running mean and variance (Welford) of episode returns.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+struct ReturnStats {
+    count: u64,
+    mean: f64,
+    /// Sum of squared deviations from the mean.
+    m2: f64,
+}
+
+impl ReturnStats {
+    fn add(&mut self, value: f64) {
+        self.count += 1;
+        let delta = value - self.mean;
+        self.mean += delta / self.count as f64;
+        self.m2 += delta * (value - self.mean);
+    }
+
+    /// A two-sided empirical-Bernstein interval (Maurer & Pontil 2009, Theorem 4) for the mean of returns
+    /// that lie in a range of width `range`, valid with probability 1 - `delta` at every count at once
+    /// (a union bound over counts: delta / (n (n + 1)) for count n). `None` before two samples.
+    fn interval(&self, range: f64, delta: f64) -> Option<(f64, f64)> {
+        if self.count < 2 {
+            return None;
+        }
+        let n = self.count as f64;
+        let log = (4.0 * n * (n + 1.0) / delta).ln();
+        let variance = (self.m2 / (n - 1.0)).max(0.0);
+        let half_width = (2.0 * variance * log / n).sqrt() + 7.0 * range * log / (3.0 * (n - 1.0));
+        Some((self.mean - half_width, self.mean + half_width))
+    }
 }
 
 /// Which way a policy evaluation leans.
@@ -246,6 +281,7 @@ impl EpisodicLearner {
             transition_counts: vec![0; s * a * s],
             learner_policy: vec![0; s * h],
             learner_lower_sum: 0.0,
+            baseline_returns: ReturnStats::default(),
             active: None,
             stats: EpisodicStats::default(),
             values: vec![0.0; (h + 1) * s],
@@ -278,6 +314,14 @@ impl EpisodicLearner {
         }
         if !self.reward_sums.iter().all(|v| v.is_finite()) || !self.learner_lower_sum.is_finite() {
             return bad("reward_sums", "holds a value that is not finite".into());
+        }
+        let returns = &self.baseline_returns;
+        // Returns lie in [0, H max]: rewards are at least 0, and an episode may end before H steps.
+        let (lowest, highest) = (0.0, h as f64 * self.config.reward_range[1]);
+        if returns.count > 0
+            && !(returns.m2 >= 0.0 && returns.m2.is_finite() && (lowest..=highest).contains(&returns.mean))
+        {
+            return bad("baseline_returns", format!("mean {} or spread {} is impossible", returns.mean, returns.m2));
         }
         if let Some(active) = &self.active
             && (active.step > h || !active.episode_return.is_finite() || active.episode >= self.stats.episodes)
@@ -345,10 +389,7 @@ impl EpisodicLearner {
             RlAlgorithm::ConservativeUcbvi => {
                 let (baseline_low, baseline_high) = match self.config.baseline_value {
                     Some(v) => (v, v),
-                    None => (
-                        self.start_value(Bound::Lower, Driver::Baseline),
-                        self.start_value(Bound::Upper, Driver::Baseline),
-                    ),
+                    None => self.baseline_value_interval(),
                 };
                 let k = (episode + 1) as f64;
                 let left = self.learner_lower_sum + learner_lower + self.stats.baseline_episodes as f64 * baseline_low;
@@ -368,6 +409,23 @@ impl EpisodicLearner {
         self.stats.last_margin = margin.or(self.stats.last_margin);
         self.active = Some(ActiveEpisode { episode, driver, step: 0, episode_return: 0.0 });
         Ok(EpisodePlan { episode, driver, learner_value_lower_bound: learner_lower, margin })
+    }
+
+    /// Bounds on the baseline's unknown value V^b, the tighter of two, each valid with probability
+    /// 1 - delta / 2 (the model's union bound runs at delta / 2 when V^b is unknown, see `log_term`):
+    /// - the baseline policy evaluated pessimistically and optimistically on the empirical model, which
+    ///   learns from every episode but pays a deviation term that grows with H at each step;
+    /// - an empirical-Bernstein interval around the mean return of the baseline's own episodes, which are
+    ///   samples of V^b: tight when the baseline's returns vary little, whatever H.
+    fn baseline_value_interval(&mut self) -> (f64, f64) {
+        let model =
+            (self.start_value(Bound::Lower, Driver::Baseline), self.start_value(Bound::Upper, Driver::Baseline));
+        // Returns lie in [0, H max]: rewards are at least 0, and an episode may end before H steps.
+        let range = self.config.horizon as f64 * self.config.reward_range[1];
+        match self.baseline_returns.interval(range, self.config.delta / 2.0) {
+            Some((low, high)) => (model.0.max(low), model.1.min(high)),
+            None => model,
+        }
     }
 
     /// The action to play at (step, state) in the running episode.
@@ -429,6 +487,9 @@ impl EpisodicLearner {
     /// Ends the running episode (at the horizon or earlier, at a terminal state).
     pub fn end_episode(&mut self) -> Result<EpisodeSummary, EngineError> {
         let active = self.active.take().ok_or(EngineError::EpisodeNotStarted)?;
+        if active.driver == Driver::Baseline {
+            self.baseline_returns.add(active.episode_return);
+        }
         Ok(EpisodeSummary {
             episode: active.episode,
             driver: active.driver,
@@ -437,11 +498,16 @@ impl EpisodicLearner {
         })
     }
 
-    /// ln(4 S A n (n + 1) / delta): the union bound over state-action pairs and counts.
+    /// ln(4 S A n (n + 1) / delta'): the union bound over state-action pairs and counts, with delta' = delta,
+    /// or delta / 2 when the baseline's value is unknown and the other half goes to the bound on its returns.
     fn log_term(&self, n: u64) -> f64 {
         let (s, a) = (self.config.states as f64, self.config.actions as f64);
         let n = n as f64;
-        (4.0 * s * a * n * (n + 1.0) / self.config.delta).ln()
+        let delta = match (self.config.algorithm, self.config.baseline_value) {
+            (RlAlgorithm::ConservativeUcbvi, None) => self.config.delta / 2.0,
+            _ => self.config.delta,
+        };
+        (4.0 * s * a * n * (n + 1.0) / delta).ln()
     }
 
     fn ensure_values(&mut self) {
