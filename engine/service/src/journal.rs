@@ -369,6 +369,11 @@ impl Journal {
                 visit(&payload, FeatureRef { file: number, ..frame })?;
                 offset = frame.offset + u64::from(frame.length);
             }
+            if offset < size && segments.last() != Some(&number) {
+                // Only the newest segment can end in a torn group: a failed group is cut off before another
+                // is written, and a new segment starts only after that.
+                tracing::error!(segment = number, offset, bytes = size - offset, "damaged journal frames skipped");
+            }
             end = Some((number, offset, size));
         }
         let newest = segments.last().copied();
