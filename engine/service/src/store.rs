@@ -1256,6 +1256,46 @@ mod tests {
     }
 
     #[test]
+    fn a_store_from_before_the_journal_loads_and_takes_new_records() {
+        // The previous version kept features in `features/NNNNNNNN.f64le` (bytes back to back, no frames)
+        // and had no journal position. Such a store, written by hand here as that version wrote it.
+        let dir = tempfile::tempdir().unwrap();
+        let old = decision(1, vec![0.5, -2.0, 1e-300]);
+        {
+            let store = SqliteStore::open(dir.path()).unwrap();
+            store.save_definition(&def("a")).unwrap();
+            let LogEntry::Decision(d) = &old.entry else { unreachable!() };
+            let bytes = crate::log::encode_features(&d.features);
+            let features_dir = dir.path().join(crate::journal::FEATURES_DIR);
+            std::fs::write(features_dir.join("00000007.f64le"), [vec![9; 16], bytes.clone()].concat()).unwrap();
+            let connection = store.connection();
+            connection
+                .execute(
+                    "INSERT INTO log (experiment_id, sequence, unix_ms, kind, decision_id, event_id, action,
+                                      baseline, num_actions, propensity, played_baseline, detail, features_file,
+                                      features_offset, features_length, features_crc32)
+                     VALUES ('a', 1, 5, 'decision', 1, '#1', 1, 0, 2, 1.0, 0, ?1, 7, 16, ?2, ?3)",
+                    params![serde_json::to_string(d).unwrap(), bytes.len() as i64, crc32fast::hash(&bytes)],
+                )
+                .unwrap();
+            connection.execute("DELETE FROM journal", []).unwrap();
+        }
+        let store = SqliteStore::open(dir.path()).unwrap();
+        assert_eq!(store.load_experiment("a").unwrap().unwrap().log, vec![old.clone()]);
+        let new = decision(2, vec![3.0]);
+        store.commit(&[Write::Log(new.clone())]).unwrap();
+        drop(store);
+        let store = SqliteStore::open(dir.path()).unwrap();
+        assert_eq!(store.load_experiment("a").unwrap().unwrap().log, vec![old, new]);
+        let mut names: Vec<String> = std::fs::read_dir(dir.path().join(crate::journal::FEATURES_DIR))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["00000007.f64le", "00000008.seg"], "old file kept, new records in a new segment");
+    }
+
+    #[test]
     fn damaged_feature_bytes_are_reported_not_replayed() {
         let dir = tempfile::tempdir().unwrap();
         {
