@@ -1287,12 +1287,11 @@ mod tests {
         drop(store);
         let store = SqliteStore::open(dir.path()).unwrap();
         assert_eq!(store.load_experiment("a").unwrap().unwrap().log, vec![old, new]);
-        let mut names: Vec<String> = std::fs::read_dir(dir.path().join(crate::journal::FEATURES_DIR))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        assert_eq!(names, ["00000007.f64le", "00000008.seg"], "old file kept, new records in a new segment");
+        assert_eq!(
+            journal_files(dir.path()),
+            ["00000007.f64le", "00000008.seg"],
+            "old file kept, new records in a new segment"
+        );
     }
 
     #[test]
@@ -1331,14 +1330,7 @@ mod tests {
         store.commit(&group("a", 1)).unwrap(); // file 1
         store.commit(&group("b", 1)).unwrap(); // file 2
         store.commit(&group("a", 4)).unwrap(); // file 3, the newest
-        let files = || {
-            let mut names: Vec<String> = std::fs::read_dir(dir.path().join(crate::journal::FEATURES_DIR))
-                .unwrap()
-                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .collect();
-            names.sort();
-            names
-        };
+        let files = || journal_files(dir.path());
         assert_eq!(files(), ["00000001.seg", "00000002.seg", "00000003.seg"]);
         store.delete_experiment("a").unwrap();
         // a's first file goes; b's stays; the newest stays (it is being appended to).
@@ -1350,6 +1342,16 @@ mod tests {
         store.commit(&[Write::Snapshot { snapshot, compact: true }]).unwrap();
         assert_eq!(files(), ["00000003.seg"]);
         assert!(store.load_experiment("b").unwrap().unwrap().log.is_empty());
+    }
+
+    /// The names in the journal's directory, sorted.
+    fn journal_files(data_dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(data_dir.join(crate::journal::FEATURES_DIR))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
     }
 
     fn reward(sequence: u64, decision_id: u64, value: f64) -> LogRecord {
