@@ -1,6 +1,7 @@
 //! Acknowledged means durable: the decision log survives `kill -9` of the real binary, a failing disk turns
-//! into UNAVAILABLE without memory running ahead of the log, and an exported experiment continues elsewhere
-//! exactly as it would have at home.
+//! into UNAVAILABLE without memory running ahead of the log, a decision answered from the journal survives
+//! the commit that then failed, and an exported experiment continues elsewhere exactly as it would have at
+//! home.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader};
@@ -358,6 +359,138 @@ async fn a_failing_disk_is_unavailable_and_memory_never_runs_ahead_of_the_log() 
     assert_eq!(d.reward(reward("e", "n5", 0.5)).await.unwrap_err().code(), Code::NotFound);
     d.reward(reward("e", "n1", 0.5)).await.unwrap();
     server.stop().await.unwrap();
+}
+
+/// A store whose one armed commit fails after its log records were made durable and their callers answered,
+/// with the rows and the journal position it wrote taken back out of the database: what a power cut or an
+/// IO error between the journal's sync and SQLite's commit leaves.
+struct RowLosingStore {
+    inner: SqliteStore,
+    database: std::path::PathBuf,
+    armed: Arc<AtomicBool>,
+}
+
+impl RowLosingStore {
+    fn journal_position(connection: &rusqlite::Connection) -> Option<(i64, i64)> {
+        connection.query_row("SELECT file, offset FROM journal", [], |r| Ok((r.get(0)?, r.get(1)?))).ok()
+    }
+}
+
+impl Store for RowLosingStore {
+    fn save_definition(&self, definition: &ExperimentDef) -> Result<(), StoreError> {
+        self.inner.save_definition(definition)
+    }
+    fn delete_experiment(&self, id: &str) -> Result<(), StoreError> {
+        self.inner.delete_experiment(id)
+    }
+    fn save_snapshots(&self, snapshots: &[Snapshot]) -> Result<(), StoreError> {
+        self.inner.save_snapshots(snapshots)
+    }
+    fn load(&self) -> Result<Vec<StoredExperiment>, StoreError> {
+        self.inner.load()
+    }
+    fn load_experiment(&self, id: &str) -> Result<Option<StoredExperiment>, StoreError> {
+        self.inner.load_experiment(id)
+    }
+    fn commit_answering(&self, writes: &[Write], durable: OnDurable) -> Result<(), StoreError> {
+        let armed = writes.iter().all(|w| matches!(w, Write::Log(_))) && self.armed.swap(false, Ordering::SeqCst);
+        if !armed {
+            return self.inner.commit_answering(writes, durable);
+        }
+        let connection = rusqlite::Connection::open(&self.database).unwrap();
+        connection.busy_timeout(Duration::from_secs(5)).unwrap();
+        let position = Self::journal_position(&connection);
+        self.inner.commit_answering(writes, durable)?;
+        for write in writes {
+            if let Write::Log(record) = write {
+                connection
+                    .execute(
+                        "DELETE FROM log WHERE experiment_id = ?1 AND sequence = ?2",
+                        rusqlite::params![record.experiment_id, record.sequence as i64],
+                    )
+                    .unwrap();
+            }
+        }
+        match position {
+            Some((file, offset)) => {
+                connection.execute("UPDATE journal SET file = ?1, offset = ?2", [file, offset]).unwrap();
+            }
+            None => {
+                connection.execute("DELETE FROM journal", []).unwrap();
+            }
+        }
+        let error = std::io::Error::other("simulated: the transaction failed after the journal was synced");
+        Err(StoreError::DataDir { path: "test".into(), source: error })
+    }
+    fn read_log(
+        &self,
+        experiment: Option<&str>,
+        visit: &mut dyn FnMut(LogRecord) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        self.inner.read_log(experiment, visit)
+    }
+    fn recent_log(&self, experiment: &str, limit: usize) -> Result<Vec<LogRecord>, StoreError> {
+        self.inner.recent_log(experiment, limit)
+    }
+    fn probe(&self) -> Result<(), StoreError> {
+        self.inner.probe()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_answered_before_its_commit_failed_survives_the_recovery() {
+    let dir = tempfile::tempdir().unwrap();
+    let armed = Arc::new(AtomicBool::new(false));
+    let store = Arc::new(RowLosingStore {
+        inner: SqliteStore::open(dir.path()).unwrap(),
+        database: dir.path().join(safebet_service::DATABASE_FILE),
+        armed: armed.clone(),
+    });
+    let server = TestServer::start_on(store, vec![], Limits::default()).await;
+    let (mut admin, mut d) = (server.admin().await, server.decisions().await);
+    create(&mut admin, "e", shared_spec(pb::Algorithm::Clucb, 2)).await;
+    let decide = |n: u32| {
+        let mut request = per_action("e", vec![0.1, 0.2, 0.3, 0.4 * f64::from(n % 3)], 2, 0);
+        request.client_event_id = format!("n{n}");
+        request
+    };
+    for n in 0..3 {
+        d.decide(decide(n)).await.unwrap();
+    }
+    let before = report(&mut admin, "e").await;
+    // Acknowledged: the journal had it on disk when the caller was answered, whatever the tables say.
+    armed.store(true, Ordering::SeqCst);
+    let acknowledged = d.decide(decide(3)).await.unwrap().into_inner();
+    // The failed commit stops the writer; the service then replays the journal into the tables (probe),
+    // rebuilds the experiment from them, and resumes.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match d.decide(decide(4)).await {
+            Ok(_) => break,
+            Err(status) if status.code() == Code::Unavailable && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(status) => panic!("the service did not resume: {status:?}"),
+        }
+    }
+    let after = report(&mut admin, "e").await;
+    assert_eq!(after.decisions, before.decisions + 2, "the acknowledged decision and the one after recovery");
+    assert_eq!(after.sequence, before.sequence + 2);
+    // Its reward is taken, and its row is back in the log.
+    d.reward(reward("e", "n3", 0.5)).await.unwrap();
+    server.stop().await.unwrap();
+    let reopened = SqliteStore::open(dir.path()).unwrap();
+    let mut logged = Vec::new();
+    reopened.read_log(Some("e"), &mut |record| Ok(logged.push(record))).unwrap();
+    let decision = logged
+        .iter()
+        .find_map(|r| match &r.entry {
+            LogEntry::Decision(d) if d.event_id == "n3" => Some(d),
+            _ => None,
+        })
+        .expect("the acknowledged decision is in the log");
+    assert_eq!(decision.action as u32, acknowledged.action_index);
+    assert_eq!(decision.features.len(), 4, "with its features");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
