@@ -481,7 +481,12 @@ async fn a_decision_answered_before_its_commit_failed_survives_the_recovery() {
     server.stop().await.unwrap();
     let reopened = SqliteStore::open(dir.path()).unwrap();
     let mut logged = Vec::new();
-    reopened.read_log(Some("e"), &mut |record| Ok(logged.push(record))).unwrap();
+    reopened
+        .read_log(Some("e"), &mut |record| {
+            logged.push(record);
+            Ok(())
+        })
+        .unwrap();
     let decision = logged
         .iter()
         .find_map(|r| match &r.entry {
