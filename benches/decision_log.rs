@@ -132,8 +132,9 @@ fn main() {
     let cpu = cpu_seconds() - cpu_start;
     latencies.sort_unstable();
     durable_after.sort_unstable();
-    let pick = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
-    let durable_pick = |q: f64| durable_after[((durable_after.len() as f64 * q) as usize).min(durable_after.len() - 1)];
+    let quantile = |sorted: &[Duration], q: f64| sorted[((sorted.len() as f64 * q) as usize).min(sorted.len() - 1)];
+    let pick = |q: f64| quantile(&latencies, q);
+    let durable_pick = |q: f64| quantile(&durable_after, q);
     let size = |suffix: &str| {
         std::fs::metadata(dir.path().join(format!("{}{suffix}", safebet_service::DATABASE_FILE)))
             .map(|m| m.len())

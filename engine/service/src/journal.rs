@@ -393,18 +393,12 @@ impl Journal {
 
     /// Reads and checks the bytes `at` points to.
     pub fn read(&mut self, at: FeatureRef) -> Result<Vec<u8>, String> {
-        let file = match self.readers.entry(at.file) {
-            std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
-            std::collections::hash_map::Entry::Vacant(entry) => {
-                let segment = self.directory.join(format!("{:08}.{SEGMENT_EXTENSION}", at.file));
-                let path = if segment.exists() {
-                    segment
-                } else {
-                    self.directory.join(format!("{:08}.{PLAIN_EXTENSION}", at.file))
-                };
-                entry.insert(File::open(&path).map_err(|e| format!("feature file {}: {e}", path.display()))?)
-            }
-        };
+        if !self.readers.contains_key(&at.file) {
+            let path = self.existing_path(at.file);
+            let file = File::open(&path).map_err(|e| format!("feature file {}: {e}", path.display()))?;
+            self.readers.insert(at.file, file);
+        }
+        let file = &self.readers[&at.file];
         // A damaged row must not make us allocate gigabytes: check the range against the file first.
         let size = file.metadata().map_err(|e| format!("feature file {}: {e}", at.file))?.len();
         if at.offset.saturating_add(u64::from(at.length)) > size {

@@ -362,14 +362,13 @@ impl SqliteStore {
         std::fs::create_dir_all(data_dir)
             .map_err(|source| StoreError::DataDir { path: data_dir.to_owned(), source })?;
         let path = data_dir.join(DATABASE_FILE);
-        let connection = Connection::open(&path)?;
+        let mut connection = Connection::open(&path)?;
         connection.pragma_update(None, "journal_mode", "WAL")?;
         connection.pragma_update(None, "synchronous", "FULL")?;
         connection.busy_timeout(std::time::Duration::from_secs(5))?;
         connection.execute_batch(SCHEMA)?;
         add_feature_file_columns(&connection)?;
         let mut journal = Journal::open(data_dir)?;
-        let mut connection = connection;
         replay_journal(&mut connection, &mut journal)?;
         // Checkpoints (copying the WAL back into the database file) run on their own connection and thread,
         // so the decision log's commits never wait for one: SQLite's automatic checkpoint would run inside
@@ -557,21 +556,23 @@ impl Store for SqliteStore {
             let inserted = insert_writes(&tx, writes, &feature_refs, &mut compacted)
                 .and_then(|()| journal_end.map_or(Ok(()), |end| set_journal_position(&tx, end)));
             let synced = journal.finish_sync();
+            // Frames of a group whose callers hear that it failed must never be replayed.
+            let revoke = |journal: &mut Journal| {
+                if let Err(e) = journal.revoke_last_group() {
+                    tracing::error!(error = %e, "cannot take back a failed group's journal frames");
+                }
+            };
             if let Err(e) = inserted {
-                // The frames must not be replayed later: the caller is told this commit failed.
-                if synced.is_ok()
-                    && let Err(revoke) = journal.revoke_last_group()
-                {
-                    tracing::error!(error = %revoke, "cannot take back a failed group's journal frames");
+                if synced.is_ok() {
+                    revoke(&mut journal);
                 }
                 return Err(e);
             }
             synced?;
             if let Err(e) = tx.commit() {
-                // Log records already answered stay in the journal (a replay puts their rows in); frames of a
-                // group whose callers will hear of the failure must not.
-                if !journaled && let Err(revoke) = journal.revoke_last_group() {
-                    tracing::error!(error = %revoke, "cannot take back a failed group's journal frames");
+                // Log records already answered stay in the journal: a replay puts their rows in.
+                if !journaled {
+                    revoke(&mut journal);
                 }
                 return Err(e.into());
             }
