@@ -556,8 +556,12 @@ impl Store for SqliteStore {
             let inserted = insert_writes(&tx, writes, &feature_refs, &mut compacted)
                 .and_then(|()| journal_end.map_or(Ok(()), |end| set_journal_position(&tx, end)));
             let synced = journal.finish_sync();
-            // Frames of a group whose callers hear that it failed must never be replayed.
+            // Frames of a group whose callers hear that it failed must never be replayed. Log records whose
+            // frames were synced have been answered already: they stay, and a replay puts their rows in.
             let revoke = |journal: &mut Journal| {
+                if journaled {
+                    return;
+                }
                 if let Err(e) = journal.revoke_last_group() {
                     tracing::error!(error = %e, "cannot take back a failed group's journal frames");
                 }
@@ -570,10 +574,7 @@ impl Store for SqliteStore {
             }
             synced?;
             if let Err(e) = tx.commit() {
-                // Log records already answered stay in the journal: a replay puts their rows in.
-                if !journaled {
-                    revoke(&mut journal);
-                }
+                revoke(&mut journal);
                 return Err(e.into());
             }
             Ok::<bool, StoreError>(compacted)
@@ -1411,6 +1412,41 @@ mod tests {
         let log = SqliteStore::open(dir.path()).unwrap().load_experiment("a").unwrap().unwrap().log;
         assert_eq!(log.last(), Some(&next));
         assert_eq!(log.len(), 5);
+    }
+
+    #[test]
+    fn log_records_answered_before_their_rows_failed_to_insert_are_kept() {
+        // The journal thread answers a group's callers the moment its frames are synced, while the rows are
+        // still being inserted. If an insert then fails (disk full, a constraint), the callers have heard
+        // "durable": the frames must stay, for the recovery to put the rows in.
+        let dir = tempfile::tempdir().unwrap();
+        let records = vec![decision(1, vec![1.0]), decision(2, vec![2.0]), reward(3, 2, 0.5)];
+        {
+            let store = SqliteStore::open(dir.path()).unwrap();
+            store.save_definition(&def("a")).unwrap();
+            store.commit(&[Write::Log(records[0].clone())]).unwrap();
+            store
+                .connection()
+                .execute_batch(
+                    "CREATE TRIGGER refuse BEFORE INSERT ON log WHEN NEW.sequence = 3
+                     BEGIN SELECT RAISE(ABORT, 'injected failure'); END",
+                )
+                .unwrap();
+            let answered = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let flag = answered.clone();
+            let outcome = store.commit_answering(
+                &[Write::Log(records[1].clone()), Write::Log(records[2].clone())],
+                Box::new(move || flag.store(true, Ordering::SeqCst)),
+            );
+            assert!(outcome.is_err(), "the rows did not commit");
+            assert!(answered.load(Ordering::SeqCst), "the callers were told their records are durable");
+            store.connection().execute_batch("DROP TRIGGER refuse").unwrap();
+            // What the service does before it takes writes again.
+            store.probe().unwrap();
+            assert_eq!(store.load_experiment("a").unwrap().unwrap().log, records, "replayed by the recovery");
+        }
+        let store = SqliteStore::open(dir.path()).unwrap();
+        assert_eq!(store.load_experiment("a").unwrap().unwrap().log, records, "and still there after a reopen");
     }
 
     #[test]
