@@ -83,7 +83,8 @@ pub struct Journal {
     syncer: Option<(Sender<SyncJob>, Receiver<SyncDone>)>,
     /// Bytes handed to the syncer and not yet answered for.
     in_flight: Option<usize>,
-    /// Where the last synced group started, so it can be revoked (its rows failed to insert).
+    /// Where the last synced group started, so it can be revoked (a group whose log records
+    /// were not answered early, mixed with snapshot or admin writes, and whose transaction failed).
     last_group: Option<JournalPosition>,
     /// Whether bytes past the active file's counted length may be on disk (a failed group whose removal
     /// failed too): they are cut off before anything is appended or replayed.
@@ -321,8 +322,8 @@ impl Journal {
         }
     }
 
-    /// Takes back the group synced last (its rows could not be inserted): its frames are cut off, so a
-    /// replay never applies what the caller was told failed.
+    /// Takes back the group synced last (its transaction failed and its callers hear so): its frames are cut
+    /// off, so a replay never applies what a caller was told failed.
     pub fn revoke_last_group(&mut self) -> io::Result<()> {
         let Some((number, length)) = self.last_group.take() else { return Ok(()) };
         if let Some(active) = self.active.as_mut().filter(|a| a.number == number) {
