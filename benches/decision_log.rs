@@ -11,7 +11,8 @@
 //! to storage per record.
 //!
 //! `cargo bench --bench decision_log -- [--seconds N] [--group G] [--data-dir DIR]
-//! [--wal-bound-frames F]`. The group size (default
+//! [--wal-bound-frames F] [--sync-interval-ms MS]` (MS > 0: records acknowledged once written, synced every
+//! MS ms, as `safebet serve --sync-interval-ms`). The group size (default
 //! 50) is about what 64 concurrent requests gather per commit.
 
 use std::path::PathBuf;
@@ -76,7 +77,11 @@ fn main() {
     let wal_bound = option("--wal-bound-frames")
         .and_then(|s| s.parse().ok())
         .unwrap_or(safebet_service::DEFAULT_WAL_RESTART_FRAMES);
-    let store = SqliteStore::open_with_wal_bound(dir.path(), wal_bound).expect("store");
+    let mut store = SqliteStore::open_with_wal_bound(dir.path(), wal_bound).expect("store");
+    let sync_interval_ms = option("--sync-interval-ms").and_then(|s| s.parse::<u64>().ok()).filter(|&ms| ms > 0);
+    if let Some(ms) = sync_interval_ms {
+        store = store.with_sync_interval(Duration::from_millis(ms));
+    }
     store
         .save_definition(&ExperimentDef {
             id: "load".into(),
@@ -102,8 +107,9 @@ fn main() {
         .collect();
 
     println!(
-        "decision log, SQLite, decision records of {} doubles, groups of {group}, {seconds} s, in {}",
+        "decision log, SQLite, decision records of {} doubles, groups of {group}, {seconds} s, {}, in {}",
         DIM * ACTIONS,
+        sync_interval_ms.map_or("synced before acknowledged".into(), |ms| format!("synced every {ms} ms")),
         dir.path().display()
     );
     let (cpu_start, io_start) = (cpu_seconds(), bytes_written());

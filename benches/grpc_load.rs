@@ -12,7 +12,8 @@
 //! each scenario. Features travel as little-endian bytes (`features_le`); `--encoding packed` sends them as
 //! `repeated double` instead. By default every decision goes through the durable decision log (group commit,
 //! fsync) in a temporary directory under `--data-dir DIR` (default `.`); `--store memory` logs nothing, to
-//! measure what durability costs. `--timeline FILE` writes the open loop's every request (due time, latency;
+//! measure what durability costs; `--sync-interval-ms MS` acknowledges log records once written and syncs
+//! them every MS ms (`safebet serve --sync-interval-ms`). `--timeline FILE` writes the open loop's every request (due time, latency;
 //! CSV) to see when the slow ones happened; `--server-threads N` / `--client-threads N` (default 2 each).
 
 use std::sync::Arc;
@@ -314,8 +315,24 @@ fn main() {
     let server_runtime = runtime("server", server_threads);
     let listener = server_runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind loopback");
     let address = listener.local_addr().unwrap();
-    let store: Arc<dyn Store> =
-        if memory { Arc::new(MemoryStore) } else { Arc::new(SqliteStore::open(data.path()).expect("store")) };
+    let sync_interval_ms = args
+        .iter()
+        .position(|a| a == "--sync-interval-ms")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|s| s.parse::<u64>().ok())
+        .filter(|&ms| ms > 0);
+    let store: Arc<dyn Store> = match (memory, sync_interval_ms) {
+        (true, _) => Arc::new(MemoryStore),
+        (false, None) => Arc::new(SqliteStore::open(data.path()).expect("store")),
+        (false, Some(ms)) => {
+            Arc::new(SqliteStore::open(data.path()).expect("store").with_sync_interval(Duration::from_millis(ms)))
+        }
+    };
+    let store_name = match (memory, sync_interval_ms) {
+        (true, _) => "memory (nothing logged)".to_owned(),
+        (false, None) => "SQLite decision log, fsync per group commit".to_owned(),
+        (false, Some(ms)) => format!("SQLite decision log, acknowledged once written, fsync every {ms} ms"),
+    };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = server_runtime.spawn(safebet_service::run(
         listener,
@@ -378,7 +395,7 @@ fn main() {
              server on {server_threads} and client on {client_threads} worker threads, {seconds} s per scenario, \
              features as {}, store: {}",
             if packed { "packed doubles" } else { "little-endian bytes" },
-            if memory { "memory (nothing logged)" } else { "SQLite decision log, fsync per group commit" }
+            store_name
         );
         // Between scenarios the previous one's unrewarded decisions time out (2 s), so each starts alike.
         let settle = Duration::from_millis(2500);

@@ -35,6 +35,13 @@ pub struct ServeArgs {
     /// Where state is kept.
     #[arg(long, value_enum, default_value_t = StoreKind::Sqlite)]
     store: StoreKind,
+    /// Acknowledge decisions and rewards once the log has written them to the operating system, and sync
+    /// the log to disk at least every MS milliseconds, instead of syncing before every acknowledgement (the
+    /// default). A crash or kill -9 of the service still loses nothing acknowledged; a power cut or a crash
+    /// of the machine may lose up to about twice MS of them. Lower latency and CPU per decision under load
+    /// (BENCHMARKS.md). 0 keeps the default.
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    sync_interval_ms: u64,
     /// API keys file (`[[key]]` tables: id, role = "admin" | "decide", sha256, optional experiments). Keys
     /// can also come from SAFEBET_API_KEYS ("id:role:sha256[:exp|exp],..."). Without keys, authentication is
     /// off and the service listens on loopback only. `safebet keys new` makes a key.
@@ -75,10 +82,17 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         None => ExperimentsFile::default(),
     };
     let store: Arc<dyn Store> = match args.store {
-        StoreKind::Sqlite => Arc::new(
-            SqliteStore::open(&args.data_dir)
-                .with_context(|| format!("opening the store in {}", args.data_dir.display()))?,
-        ),
+        StoreKind::Sqlite => {
+            let store = SqliteStore::open(&args.data_dir)
+                .with_context(|| format!("opening the store in {}", args.data_dir.display()))?;
+            Arc::new(match args.sync_interval_ms {
+                0 => store,
+                ms => {
+                    tracing::info!(ms, "acknowledging log records before they are synced; synced every {ms} ms");
+                    store.with_sync_interval(std::time::Duration::from_millis(ms))
+                }
+            })
+        }
         StoreKind::Memory => {
             tracing::warn!("--store memory: nothing is kept; state dies with the process");
             Arc::new(MemoryStore)

@@ -91,6 +91,8 @@ pub struct Journal {
     dirty_tail: bool,
     /// Size past which the next group starts a new file ([`MAX_FILE_BYTES`]; smaller in tests).
     max_file_bytes: u64,
+    /// Whether the active file holds bytes written by [`Journal::write_unsynced`] and not synced since.
+    unsynced: bool,
 }
 
 /// Called on the syncer thread once a group's bytes are on disk, before the caller hears of it: callers
@@ -131,6 +133,7 @@ impl Journal {
             last_group: None,
             dirty_tail: false,
             max_file_bytes: MAX_FILE_BYTES,
+            unsynced: false,
         })
     }
 
@@ -213,6 +216,8 @@ impl Journal {
         if self.active.as_ref().is_some_and(|a| a.length < self.max_file_bytes) {
             return Ok(());
         }
+        // What was written to the full file must be on disk before anything goes to the next one.
+        self.sync_written()?;
         let newest = self.files()?.last().copied();
         if self.active.is_none()
             && let Some((number, true)) = newest
@@ -292,6 +297,34 @@ impl Journal {
         }
     }
 
+    /// Writes what was appended, without waiting for the disk: the frames then survive a crash of the
+    /// process (the kernel holds them) but not of the machine until [`Journal::sync_written`]. On failure
+    /// nothing appended since the last write counts: it is cut off before the next group.
+    pub fn write_unsynced(&mut self) -> io::Result<()> {
+        self.finish_sync()?;
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let active = self.active.as_ref().expect("append opened a file");
+        let written = active.file.write_all_at(&self.pending, active.length);
+        let length = self.pending.len();
+        self.pending.clear();
+        self.count_group(length, written.is_ok());
+        if written.is_ok() {
+            self.unsynced = true;
+        }
+        written
+    }
+
+    /// Syncs what [`Journal::write_unsynced`] wrote, if anything.
+    pub fn sync_written(&mut self) -> io::Result<()> {
+        if let (true, Some(active)) = (self.unsynced, &self.active) {
+            active.file.sync_data()?;
+        }
+        self.unsynced = false;
+        Ok(())
+    }
+
     /// Waits for the sync [`Journal::start_sync`] started, if one is running.
     pub fn finish_sync(&mut self) -> io::Result<()> {
         let Some(length) = self.in_flight.take() else { return Ok(()) };
@@ -309,12 +342,15 @@ impl Journal {
         written
     }
 
-    /// After a group's sync: counts its bytes, or marks them to be cut off (some may have reached the disk).
+    /// After a group's sync (or unsynced write): counts its bytes, or marks them to be cut off (some may have
+    /// reached the disk).
     fn count_group(&mut self, length: usize, synced: bool) {
         let Some(active) = self.active.as_mut() else { return };
         if synced {
             self.last_group = Some((active.number, active.length));
             active.length += length as u64;
+            // A sync of the file covers whatever was written to it before, unsynced.
+            self.unsynced = false;
         } else {
             self.last_group = None;
             self.dirty_tail = true;
@@ -366,9 +402,16 @@ impl Journal {
             }
             let file = File::open(self.segment_path(number))?;
             let size = file.metadata()?.len();
+            let mut visited = false;
             while let Some(frame) = read_frame(&file, offset, size, &mut payload)? {
                 visit(&payload, FeatureRef { file: number, ..frame })?;
                 offset = frame.offset + u64::from(frame.length);
+                visited = true;
+            }
+            if visited {
+                // Frames a killed process wrote without a sync may still be only in the page cache: the rows
+                // about to point at them must not reach the disk before they do.
+                file.sync_data()?;
             }
             if offset < size && segments.last() != Some(&number) {
                 // Only the newest segment can end in a torn group: a failed group is cut off before another

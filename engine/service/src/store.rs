@@ -15,6 +15,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
@@ -210,6 +211,16 @@ pub trait Store: Send + Sync + 'static {
     fn disk_usage(&self) -> Vec<(&'static str, u64)> {
         Vec::new()
     }
+    /// How long log records may stay unsynced after [`Store::commit_answering`] declared them durable
+    /// (written where a crash of the process cannot take them, not yet where a power cut cannot); `None`
+    /// when they are synced first. The writer calls [`Store::sync_acknowledged`] at least this often.
+    fn sync_interval(&self) -> Option<std::time::Duration> {
+        None
+    }
+    /// Syncs the log records acknowledged and not synced yet, if any.
+    fn sync_acknowledged(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// [`Store`] on an embedded SQLite database (`safebet.sqlite3` in the data directory, WAL mode) and the
@@ -227,11 +238,20 @@ pub struct SqliteStore {
     stop_checkpoints: Arc<AtomicBool>,
     /// Set by the checkpoint thread when the WAL should start over; the writer does it between commits.
     restart_wal: Arc<AtomicBool>,
+    /// With [`SqliteStore::with_sync_interval`]: how long acknowledged log records may wait for their sync.
+    sync_interval: Option<Duration>,
+    /// When the transaction holding the rows of acknowledged, unsynced log records began, while one is open
+    /// (only with a sync interval). Locked only while `connection` is.
+    unsynced_since: Mutex<Option<Instant>>,
 }
 
 impl Drop for SqliteStore {
     fn drop(&mut self) {
         self.stop_checkpoints.store(true, Ordering::Relaxed);
+        let connection = self.connection.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Err(e) = self.sync_open_transaction(&connection) {
+            tracing::error!(error = %e, "cannot sync the last acknowledged log records; the journal replays them on open");
+        }
     }
 }
 
@@ -396,7 +416,18 @@ impl SqliteStore {
             path,
             stop_checkpoints: stop,
             restart_wal,
+            sync_interval: None,
+            unsynced_since: Mutex::new(None),
         })
+    }
+
+    /// Acknowledges log records once their frames are written to the journal, before they are synced, and
+    /// syncs them at least every `interval` (and before any other change): a crash of the process loses
+    /// nothing acknowledged, a power cut or a crash of the machine may lose the last interval or two. Their
+    /// rows commit in one transaction per sync. The default syncs every group before acknowledging it.
+    pub fn with_sync_interval(mut self, interval: Duration) -> SqliteStore {
+        self.sync_interval = Some(interval);
+        self
     }
 
     /// The database file.
@@ -404,10 +435,93 @@ impl SqliteStore {
         &self.path
     }
 
-    fn connection(&self) -> std::sync::MutexGuard<'_, Connection> {
+    /// The connection, with the rows of acknowledged log records committed (and their frames synced) first,
+    /// so whatever runs on it next sees and commits them.
+    fn connection(&self) -> Result<std::sync::MutexGuard<'_, Connection>, StoreError> {
+        let connection = self.lock_connection();
+        self.sync_open_transaction(&connection)?;
+        Ok(connection)
+    }
+
+    /// The connection as it is: it may be inside the transaction of unsynced log records.
+    fn lock_connection(&self) -> std::sync::MutexGuard<'_, Connection> {
         // A panic while holding the lock cannot leave SQLite half-written (transactions roll back), so the
         // connection stays usable.
         self.connection.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Syncs the journal's unsynced frames, then commits the open transaction holding their rows, if one is
+    /// open. On failure the rows are rolled back: their frames are in the journal, and the recovery's replay
+    /// ([`Store::probe`]) puts them in.
+    fn sync_open_transaction(&self, connection: &Connection) -> Result<(), StoreError> {
+        let mut since = self.unsynced_since.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if since.take().is_none() {
+            return Ok(());
+        }
+        drop(since);
+        let synced = self.journal().sync_written().map_err(StoreError::from);
+        let committed = synced.and_then(|()| connection.execute_batch("COMMIT").map_err(StoreError::from));
+        if committed.is_err() && !connection.is_autocommit() {
+            let _ = connection.execute_batch("ROLLBACK");
+        }
+        if let Err(e) = connection.execute_batch("PRAGMA synchronous = FULL") {
+            tracing::error!(error = %e, "cannot set synchronous = FULL back after a log commit");
+        }
+        committed?;
+        self.restart_wal_if_asked(connection);
+        Ok(())
+    }
+
+    /// Starts the WAL over if the checkpoint thread asked: only between transactions.
+    fn restart_wal_if_asked(&self, connection: &Connection) {
+        if self.restart_wal.swap(false, Ordering::Relaxed) {
+            // Between commits nothing else writes, so this copies what the last PASSIVE pass left and makes
+            // the next commit write from the start of the WAL. A failure only leaves the WAL long.
+            if let Err(e) = connection.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(())) {
+                tracing::warn!(error = %e, "WAL restart failed; will retry");
+            }
+        }
+    }
+
+    /// [`Store::commit_answering`] of log records alone, with a sync interval: their frames are written to
+    /// the journal and they are declared durable at once; their rows join the open transaction, committed
+    /// with the next sync.
+    fn commit_unsynced(&self, writes: &[Write], durable: OnDurable, interval: Duration) -> Result<(), StoreError> {
+        let connection = self.lock_connection();
+        let mut journal = self.journal();
+        journal.discard();
+        let feature_refs = frame_records(&mut journal, writes)?;
+        let journal_end = journal.end_after_sync();
+        journal.write_unsynced()?;
+        drop(journal);
+        durable();
+        let mut since = self.unsynced_since.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let inserted = (|| {
+            if since.is_none() {
+                connection.execute_batch("PRAGMA synchronous = NORMAL")?;
+                connection.execute_batch("BEGIN")?;
+                *since = Some(Instant::now());
+            }
+            insert_writes(&connection, writes, &feature_refs, &mut false)?;
+            journal_end.map_or(Ok(()), |end| set_journal_position(&connection, end))
+        })();
+        if let Err(e) = inserted {
+            // Every row since the last sync goes: their records are in the journal after the position the
+            // database holds, and the recovery's replay puts them all in.
+            if since.take().is_some() && !connection.is_autocommit() {
+                let _ = connection.execute_batch("ROLLBACK");
+            }
+            if let Err(e) = connection.execute_batch("PRAGMA synchronous = FULL") {
+                tracing::error!(error = %e, "cannot set synchronous = FULL back after a failed log commit");
+            }
+            return Err(e);
+        }
+        let due = since.is_some_and(|started| started.elapsed() >= interval);
+        drop(since);
+        if due {
+            self.sync_open_transaction(&connection)?;
+        }
+        Ok(())
     }
 
     /// The journal; lock only while holding [`SqliteStore::connection`].
@@ -448,7 +562,7 @@ impl Store for SqliteStore {
     fn save_definition(&self, definition: &ExperimentDef) -> Result<(), StoreError> {
         let json = serde_json::to_string(definition)
             .map_err(|e| StoreError::Corrupt { id: definition.id.clone(), reason: e.to_string() })?;
-        self.connection().execute(
+        self.connection()?.execute(
             "INSERT INTO experiments (id, definition) VALUES (?1, ?2)
              ON CONFLICT(id) DO UPDATE SET definition = excluded.definition",
             params![definition.id, json],
@@ -457,7 +571,7 @@ impl Store for SqliteStore {
     }
 
     fn delete_experiment(&self, id: &str) -> Result<(), StoreError> {
-        let mut connection = self.connection();
+        let mut connection = self.connection()?;
         let tx = connection.transaction()?;
         tx.execute("DELETE FROM snapshots WHERE experiment_id = ?1", params![id])?;
         tx.execute("DELETE FROM log WHERE experiment_id = ?1", params![id])?;
@@ -471,7 +585,7 @@ impl Store for SqliteStore {
         if snapshots.is_empty() {
             return Ok(());
         }
-        let mut connection = self.connection();
+        let mut connection = self.connection()?;
         let tx = connection.transaction()?;
         {
             let mut insert = tx.prepare_cached(
@@ -490,7 +604,7 @@ impl Store for SqliteStore {
     }
 
     fn load(&self) -> Result<Vec<StoredExperiment>, StoreError> {
-        let connection = self.connection();
+        let connection = self.connection()?;
         let ids = {
             let mut select = connection.prepare("SELECT id FROM experiments ORDER BY id")?;
             select.query_map([], |row| row.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>()?
@@ -505,7 +619,8 @@ impl Store for SqliteStore {
     }
 
     fn load_experiment(&self, id: &str) -> Result<Option<StoredExperiment>, StoreError> {
-        load_one(&self.connection(), &mut self.journal(), id)
+        let connection = self.connection()?;
+        load_one(&connection, &mut self.journal(), id)
     }
 
     fn disk_usage(&self) -> Vec<(&'static str, u64)> {
@@ -520,29 +635,17 @@ impl Store for SqliteStore {
             durable();
             return Ok(());
         }
-        let mut connection = self.connection();
+        let journaled = writes.iter().all(|w| matches!(w, Write::Log(_)));
+        if journaled && let Some(interval) = self.sync_interval {
+            return self.commit_unsynced(writes, durable, interval);
+        }
+        let mut connection = self.connection()?;
         let mut journal = self.journal();
         journal.discard();
-        // Every log record is framed into the journal with its features; its row points at the features
-        // there, so the rows can be inserted while the frames are written.
-        let mut feature_refs = Vec::with_capacity(writes.len());
-        for write in writes {
-            feature_refs.push(match write {
-                Write::Log(record) => {
-                    let (bytes, decision) = match &record.entry {
-                        LogEntry::Decision(d) => (feature_bytes(&d.features), true),
-                        _ => (std::borrow::Cow::Borrowed(&[][..]), false),
-                    };
-                    let at = journal.append_frame(&mut |buffer| encode_journal_record(buffer, record), &bytes)?;
-                    decision.then_some(at)
-                }
-                _ => None,
-            });
-        }
+        let feature_refs = frame_records(&mut journal, writes)?;
         let journal_end = journal.end_after_sync();
         // Log records alone are durable once their frames are synced, so their rows commit without a sync
         // (synchronous = NORMAL). Admin and snapshot writes keep SQLite's own sync.
-        let journaled = writes.iter().all(|w| matches!(w, Write::Log(_)));
         if journaled {
             connection.execute_batch("PRAGMA synchronous = NORMAL")?;
         }
@@ -587,14 +690,16 @@ impl Store for SqliteStore {
         if committed? {
             self.remove_unreferenced_segments(&connection);
         }
-        if self.restart_wal.swap(false, Ordering::Relaxed) {
-            // Between commits nothing else writes, so this copies what the last PASSIVE pass left and makes
-            // the next commit write from the start of the WAL. A failure only leaves the WAL long.
-            if let Err(e) = connection.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(())) {
-                tracing::warn!(error = %e, "WAL restart failed; will retry");
-            }
-        }
+        self.restart_wal_if_asked(&connection);
         Ok(())
+    }
+
+    fn sync_interval(&self) -> Option<Duration> {
+        self.sync_interval
+    }
+
+    fn sync_acknowledged(&self) -> Result<(), StoreError> {
+        self.connection().map(drop)
     }
 
     fn read_log(
@@ -602,7 +707,7 @@ impl Store for SqliteStore {
         experiment: Option<&str>,
         visit: &mut dyn FnMut(LogRecord) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
-        let connection = self.connection();
+        let connection = self.connection()?;
         let mut journal = self.journal();
         let mut select = connection.prepare(&format!(
             "SELECT {LOG_COLUMNS} FROM log WHERE (?1 IS NULL OR experiment_id = ?1) ORDER BY experiment_id, sequence"
@@ -615,7 +720,7 @@ impl Store for SqliteStore {
     }
 
     fn audit_entries(&self, experiment: Option<&str>) -> Result<Vec<AuditEntry>, StoreError> {
-        let connection = self.connection();
+        let connection = self.connection()?;
         let mut select = connection.prepare(
             "SELECT unix_ms, actor, action, experiment_id, before, after FROM audit
              WHERE (?1 IS NULL OR experiment_id = ?1) ORDER BY id",
@@ -636,7 +741,7 @@ impl Store for SqliteStore {
     }
 
     fn save_episodic(&self, id: &str, config_json: &str) -> Result<(), StoreError> {
-        self.connection().execute(
+        self.connection()?.execute(
             "INSERT INTO episodic_experiments (id, config) VALUES (?1, ?2)
              ON CONFLICT(id) DO UPDATE SET config = excluded.config",
             params![id, config_json],
@@ -645,7 +750,7 @@ impl Store for SqliteStore {
     }
 
     fn delete_episodic(&self, id: &str) -> Result<(), StoreError> {
-        let mut connection = self.connection();
+        let mut connection = self.connection()?;
         let tx = connection.transaction()?;
         tx.execute("DELETE FROM snapshots WHERE experiment_id = ?1", params![id])?;
         tx.execute("DELETE FROM log WHERE experiment_id = ?1", params![id])?;
@@ -656,7 +761,7 @@ impl Store for SqliteStore {
     }
 
     fn load_episodic(&self) -> Result<Vec<StoredEpisodic>, StoreError> {
-        let connection = self.connection();
+        let connection = self.connection()?;
         let rows = {
             let mut select = connection.prepare("SELECT id, config FROM episodic_experiments ORDER BY id")?;
             select
@@ -672,7 +777,7 @@ impl Store for SqliteStore {
     }
 
     fn recent_log(&self, experiment: &str, limit: usize) -> Result<Vec<LogRecord>, StoreError> {
-        let connection = self.connection();
+        let connection = self.connection()?;
         let mut journal = self.journal();
         let mut select = connection.prepare_cached(&format!(
             "SELECT {LOG_COLUMNS} FROM log WHERE experiment_id = ?1 ORDER BY sequence DESC LIMIT ?2"
@@ -687,7 +792,7 @@ impl Store for SqliteStore {
     }
 
     fn probe(&self) -> Result<(), StoreError> {
-        let mut connection = self.connection();
+        let mut connection = self.connection()?;
         let tx = connection.transaction()?;
         tx.execute("INSERT OR REPLACE INTO probe (id) VALUES (1)", [])?;
         tx.commit()?;
@@ -751,12 +856,32 @@ const INSERT_LOG: &str =
      WHERE EXISTS (SELECT 1 FROM experiments WHERE id = ?1)
         OR EXISTS (SELECT 1 FROM episodic_experiments WHERE id = ?1)";
 
+/// Frames every log record of `writes` into the journal with its features, and says where each decision's
+/// features will be (what its row points at; `None` for other writes).
+fn frame_records(journal: &mut Journal, writes: &[Write]) -> Result<Vec<Option<FeatureRef>>, StoreError> {
+    let mut feature_refs = Vec::with_capacity(writes.len());
+    for write in writes {
+        feature_refs.push(match write {
+            Write::Log(record) => {
+                let (bytes, decision) = match &record.entry {
+                    LogEntry::Decision(d) => (feature_bytes(&d.features), true),
+                    _ => (std::borrow::Cow::Borrowed(&[][..]), false),
+                };
+                let at = journal.append_frame(&mut |buffer| encode_journal_record(buffer, record), &bytes)?;
+                decision.then_some(at)
+            }
+            _ => None,
+        });
+    }
+    Ok(feature_refs)
+}
+
 /// A log record's journal payload: MessagePack with field names (the features follow it in the frame).
 fn encode_journal_record(buffer: &mut Vec<u8>, record: &LogRecord) -> Result<(), String> {
     rmp_serde::encode::write_named(buffer, record).map_err(|e| e.to_string())
 }
 
-fn set_journal_position(tx: &rusqlite::Transaction<'_>, (file, offset): JournalPosition) -> Result<(), StoreError> {
+fn set_journal_position(tx: &Connection, (file, offset): JournalPosition) -> Result<(), StoreError> {
     tx.prepare_cached("INSERT OR REPLACE INTO journal (id, file, offset) VALUES (1, ?1, ?2)")?
         .execute(params![file, offset as i64])?;
     Ok(())
@@ -800,7 +925,7 @@ fn replay_journal(connection: &mut Connection, journal: &mut Journal) -> Result<
 
 /// Inserts a commit's rows into `tx` (not committed): log records, audit entries, snapshots.
 fn insert_writes(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &Connection,
     writes: &[Write],
     feature_refs: &[Option<FeatureRef>],
     compacted: &mut bool,
@@ -1130,7 +1255,7 @@ mod tests {
         store.delete_experiment("a").unwrap();
         store.save_snapshots(&[Snapshot { experiment_id: "a".into(), sequence: 1, state: vec![1] }]).unwrap();
         assert!(store.load().unwrap().is_empty());
-        let connection = store.connection();
+        let connection = store.connection().unwrap();
         let count: i64 = connection.query_row("SELECT COUNT(*) FROM snapshots", [], |r| r.get(0)).unwrap();
         assert_eq!(count, 0);
     }
@@ -1195,6 +1320,7 @@ mod tests {
             store.commit(&records[7..].iter().cloned().map(Write::Log).collect::<Vec<_>>()).unwrap();
             let inline: i64 = store
                 .connection()
+                .unwrap()
                 .query_row("SELECT COUNT(*) FROM log WHERE features IS NOT NULL", [], |r| r.get(0))
                 .unwrap();
             assert_eq!(inline, 0, "no feature bytes in the rows");
@@ -1270,7 +1396,7 @@ mod tests {
             let bytes = crate::log::encode_features(&d.features);
             let features_dir = dir.path().join(crate::journal::FEATURES_DIR);
             std::fs::write(features_dir.join("00000007.f64le"), [vec![9; 16], bytes.clone()].concat()).unwrap();
-            let connection = store.connection();
+            let connection = store.connection().unwrap();
             connection
                 .execute(
                     "INSERT INTO log (experiment_id, sequence, unix_ms, kind, decision_id, event_id, action,
@@ -1366,7 +1492,11 @@ mod tests {
     }
 
     fn journal_position(store: &SqliteStore) -> (u32, i64) {
-        store.connection().query_row("SELECT file, offset FROM journal", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap()
+        store
+            .connection()
+            .unwrap()
+            .query_row("SELECT file, offset FROM journal", [], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
     }
 
     #[test]
@@ -1393,7 +1523,7 @@ mod tests {
                 )
                 .unwrap();
             assert_eq!(durable.load(Ordering::SeqCst), 1, "log records are declared durable once");
-            let connection = store.connection();
+            let connection = store.connection().unwrap();
             connection.execute("DELETE FROM log WHERE sequence > 2", []).unwrap();
             connection
                 .execute("UPDATE journal SET file = ?1, offset = ?2", params![after_first.0, after_first.1])
@@ -1427,6 +1557,7 @@ mod tests {
             store.commit(&[Write::Log(records[0].clone())]).unwrap();
             store
                 .connection()
+                .unwrap()
                 .execute_batch(
                     "CREATE TRIGGER refuse BEFORE INSERT ON log WHEN NEW.sequence = 3
                      BEGIN SELECT RAISE(ABORT, 'injected failure'); END",
@@ -1440,13 +1571,62 @@ mod tests {
             );
             assert!(outcome.is_err(), "the rows did not commit");
             assert!(answered.load(Ordering::SeqCst), "the callers were told their records are durable");
-            store.connection().execute_batch("DROP TRIGGER refuse").unwrap();
+            store.connection().unwrap().execute_batch("DROP TRIGGER refuse").unwrap();
             // What the service does before it takes writes again.
             store.probe().unwrap();
             assert_eq!(store.load_experiment("a").unwrap().unwrap().log, records, "replayed by the recovery");
         }
         let store = SqliteStore::open(dir.path()).unwrap();
         assert_eq!(store.load_experiment("a").unwrap().unwrap().log, records, "and still there after a reopen");
+    }
+
+    #[test]
+    fn with_a_sync_interval_records_are_acknowledged_once_written_and_their_rows_commit_with_the_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let records = vec![decision(1, vec![1.0, 2.0]), reward(2, 1, 0.5), decision(3, vec![3.0])];
+        let store = SqliteStore::open(dir.path()).unwrap().with_sync_interval(Duration::from_secs(3600));
+        store.save_definition(&def("a")).unwrap();
+        let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        for record in &records[..2] {
+            let counter = answered.clone();
+            store
+                .commit_answering(
+                    &[Write::Log(record.clone())],
+                    Box::new(move || {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                    }),
+                )
+                .unwrap();
+        }
+        assert_eq!(answered.load(Ordering::SeqCst), 2, "each group is acknowledged");
+        // Another reader (an analyst's sqlite3) does not see rows whose frames may not be on disk yet...
+        let reader = Connection::open(dir.path().join(DATABASE_FILE)).unwrap();
+        let rows =
+            |reader: &Connection| reader.query_row("SELECT count(*) FROM log", [], |r| r.get::<_, i64>(0)).unwrap();
+        assert_eq!(rows(&reader), 0);
+        // ...while the frames are in the journal, for a restart after a crash of the process to replay.
+        let segment = dir.path().join(crate::journal::FEATURES_DIR).join("00000001.seg");
+        let mut journal = Journal::open(dir.path()).unwrap();
+        let mut framed = 0;
+        journal
+            .replay::<StoreError>(None, &mut |_, _| {
+                framed += 1;
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(framed, 2, "both records framed in {}", segment.display());
+        // The writer's idle sync, or any other change, commits them.
+        store.sync_acknowledged().unwrap();
+        assert_eq!(rows(&reader), 2);
+        store.commit(&[Write::Log(records[2].clone())]).unwrap();
+        store.save_definition(&def("b")).unwrap();
+        assert_eq!(rows(&reader), 3, "an admin change commits the open transaction first");
+        assert_eq!(store.load_experiment("a").unwrap().unwrap().log, records);
+        store.commit(&[Write::Log(decision(4, vec![4.0]))]).unwrap();
+        drop(store);
+        assert_eq!(rows(&reader), 4, "dropping the store syncs what it acknowledged");
+        let log = SqliteStore::open(dir.path()).unwrap().load_experiment("a").unwrap().unwrap().log;
+        assert_eq!(log.len(), 4);
     }
 
     #[test]
@@ -1462,7 +1642,7 @@ mod tests {
             let before = journal_position(&store);
             store.commit(&[Write::Log(gone), Write::Log(decision(2, vec![2.0]))]).unwrap();
             // As if the crash took back the last log commit, after "gone" was deleted.
-            let connection = store.connection();
+            let connection = store.connection().unwrap();
             connection.execute("DELETE FROM log WHERE experiment_id = 'a' AND sequence = 2", []).unwrap();
             connection.execute("UPDATE journal SET file = ?1, offset = ?2", params![before.0, before.1]).unwrap();
             drop(connection);
