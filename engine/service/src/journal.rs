@@ -318,11 +318,26 @@ impl Journal {
 
     /// Syncs what [`Journal::write_unsynced`] wrote, if anything.
     pub fn sync_written(&mut self) -> io::Result<()> {
-        if let (true, Some(active)) = (self.unsynced, &self.active) {
-            active.file.sync_data()?;
+        if let Some((file, end)) = self.written_unsynced() {
+            file.sync_data()?;
+            self.mark_synced(end);
         }
-        self.unsynced = false;
         Ok(())
+    }
+
+    /// The file holding what [`Journal::write_unsynced`] wrote and did not sync, and where that ends: to
+    /// sync without holding the journal (appends may go on meanwhile), then [`Journal::mark_synced`].
+    /// Earlier files were synced when the active one was started.
+    pub fn written_unsynced(&self) -> Option<(Arc<File>, JournalPosition)> {
+        let active = self.active.as_ref().filter(|_| self.unsynced)?;
+        Some((active.file.clone(), (active.number, active.length)))
+    }
+
+    /// Records that everything written up to `end` is synced (nothing is, if more was written since).
+    pub fn mark_synced(&mut self, end: JournalPosition) {
+        if self.active.as_ref().is_some_and(|a| (a.number, a.length) == end) {
+            self.unsynced = false;
+        }
     }
 
     /// Waits for the sync [`Journal::start_sync`] started, if one is running.

@@ -15,7 +15,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
@@ -44,6 +44,12 @@ pub enum StoreError {
     /// The journal could not be written or read.
     #[error("journal: {0}")]
     Features(#[from] std::io::Error),
+    /// Rows of log records acknowledged before their sync could not be committed; the journal holds the
+    /// records, and [`Store::probe`] replays them.
+    #[error(
+        "the rows of acknowledged log records could not be committed ({0}); they are replayed from the journal once the store accepts writes"
+    )]
+    Unsynced(String),
     /// The data directory could not be created.
     #[error("cannot create data directory {path}: {source}")]
     DataDir {
@@ -211,16 +217,6 @@ pub trait Store: Send + Sync + 'static {
     fn disk_usage(&self) -> Vec<(&'static str, u64)> {
         Vec::new()
     }
-    /// How long log records may stay unsynced after [`Store::commit_answering`] declared them durable
-    /// (written where a crash of the process cannot take them, not yet where a power cut cannot); `None`
-    /// when they are synced first. The writer calls [`Store::sync_acknowledged`] at least this often.
-    fn sync_interval(&self) -> Option<std::time::Duration> {
-        None
-    }
-    /// Syncs the log records acknowledged and not synced yet, if any.
-    fn sync_acknowledged(&self) -> Result<(), StoreError> {
-        Ok(())
-    }
 }
 
 /// [`Store`] on an embedded SQLite database (`safebet.sqlite3` in the data directory, WAL mode) and the
@@ -229,28 +225,134 @@ pub trait Store: Send + Sync + 'static {
 pub struct SqliteStore {
     /// One connection: writes are rare (admin changes, periodic snapshots), so serialising them costs nothing
     /// and keeps SQLite's locking out of the picture.
-    connection: Mutex<Connection>,
-    /// The log's journal, where the decision features the log rows point to are; locked only while
-    /// `connection` is.
-    journal: Mutex<Journal>,
+    connection: Arc<Mutex<Connection>>,
+    /// The log's journal, where the decision features the log rows point to are. Locked after `connection`
+    /// when both are.
+    journal: Arc<Mutex<Journal>>,
     path: PathBuf,
     /// Stops the checkpoint thread when the store is dropped.
     stop_checkpoints: Arc<AtomicBool>,
     /// Set by the checkpoint thread when the WAL should start over; the writer does it between commits.
     restart_wal: Arc<AtomicBool>,
-    /// With [`SqliteStore::with_sync_interval`]: how long acknowledged log records may wait for their sync.
-    sync_interval: Option<Duration>,
-    /// When the transaction holding the rows of acknowledged, unsynced log records began, while one is open
-    /// (only with a sync interval). Locked only while `connection` is.
-    unsynced_since: Mutex<Option<Instant>>,
+    /// With [`SqliteStore::with_sync_interval`]: the rows of log records acknowledged before their sync.
+    unsynced: Option<Arc<UnsyncedRows>>,
+    /// The thread that syncs them and commits their rows every interval.
+    rows_thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Most acknowledged records whose rows may wait for the sync thread before the writer commits them itself.
+const MAX_UNSYNCED_RECORDS: usize = 65_536;
+
+/// Log records acknowledged once their frames were written to the journal, whose rows wait for the sync
+/// after which they may commit: a committed row must never point at frames a power cut could take.
+#[derive(Debug)]
+struct UnsyncedRows {
+    queue: Mutex<UnsyncedQueue>,
+    interval: Duration,
+    stop: AtomicBool,
+}
+
+#[derive(Debug, Default)]
+struct UnsyncedQueue {
+    /// In journal order.
+    groups: Vec<UnsyncedGroup>,
+    /// Records in `groups`.
+    records: usize,
+    /// Why rows could not be committed: until a replay from the journal ([`Store::probe`]) has put in
+    /// those whose commit failed, no later row may commit past them, nor any record be acknowledged.
+    failed: Option<String>,
+}
+
+#[derive(Debug)]
+struct UnsyncedGroup {
+    /// The log records, decisions without their features (the journal has them).
+    writes: Vec<Write>,
+    /// Where each decision's features are in the journal.
+    features: Vec<Option<FeatureRef>>,
+    /// Where the journal ends after the group.
+    end: Option<JournalPosition>,
+}
+
+impl UnsyncedRows {
+    fn lock_queue(&self) -> std::sync::MutexGuard<'_, UnsyncedQueue> {
+        self.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Syncs the journal and commits the rows of every queued group, with `connection` held by the caller.
+/// On failure the rows are dropped from the queue and the store refuses records until a replay.
+fn commit_unsynced_rows(
+    connection: &Connection,
+    journal: &Mutex<Journal>,
+    rows: &UnsyncedRows,
+) -> Result<(), StoreError> {
+    let groups = {
+        let mut queue = rows.lock_queue();
+        if let Some(reason) = &queue.failed {
+            return Err(StoreError::Unsynced(reason.clone()));
+        }
+        queue.records = 0;
+        std::mem::take(&mut queue.groups)
+    };
+    if groups.is_empty() {
+        return Ok(());
+    }
+    let lock_journal = || journal.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let committed = (|| {
+        // Every group taken was written before it was queued, so this sync covers them all. The journal is
+        // not held meanwhile: the writer goes on appending.
+        let written = lock_journal().written_unsynced();
+        if let Some((file, end)) = written {
+            file.sync_data()?;
+            lock_journal().mark_synced(end);
+        }
+        connection.execute_batch("PRAGMA synchronous = NORMAL")?;
+        let tx = connection.unchecked_transaction()?;
+        for group in &groups {
+            insert_writes(&tx, &group.writes, &group.features, &mut false)?;
+        }
+        if let Some(end) = groups.iter().rev().find_map(|group| group.end) {
+            set_journal_position(&tx, end)?;
+        }
+        tx.commit()?;
+        Ok::<(), StoreError>(())
+    })();
+    if let Err(e) = connection.execute_batch("PRAGMA synchronous = FULL") {
+        tracing::error!(error = %e, "cannot set synchronous = FULL back after a log commit");
+    }
+    if let Err(e) = &committed {
+        let mut queue = rows.lock_queue();
+        queue.failed = Some(e.to_string());
+        queue.groups.clear();
+        queue.records = 0;
+    }
+    committed
+}
+
+/// Starts the WAL over if the checkpoint thread asked; only between transactions.
+fn restart_wal_if_asked(connection: &Connection, restart: &AtomicBool) {
+    if restart.swap(false, Ordering::Relaxed) {
+        // Between commits nothing else writes, so this copies what the last PASSIVE pass left and makes
+        // the next commit write from the start of the WAL. A failure only leaves the WAL long.
+        if let Err(e) = connection.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "WAL restart failed; will retry");
+        }
+    }
 }
 
 impl Drop for SqliteStore {
     fn drop(&mut self) {
         self.stop_checkpoints.store(true, Ordering::Relaxed);
-        let connection = self.connection.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Err(e) = self.sync_open_transaction(&connection) {
-            tracing::error!(error = %e, "cannot sync the last acknowledged log records; the journal replays them on open");
+        if let (Some(rows), Some(thread)) = (&self.unsynced, self.rows_thread.take()) {
+            rows.stop.store(true, Ordering::Relaxed);
+            thread.thread().unpark();
+            let _ = thread.join();
+        }
+        let connection = self.lock_connection();
+        if let Some(rows) = &self.unsynced
+            && let Err(e) = commit_unsynced_rows(&connection, &self.journal, rows)
+        {
+            tracing::error!(error = %e, "cannot commit the last acknowledged log records; the journal replays them on open");
         }
     }
 }
@@ -411,22 +513,42 @@ impl SqliteStore {
                 .map_err(|source| StoreError::DataDir { path: path.clone(), source })?;
         }
         Ok(SqliteStore {
-            connection: Mutex::new(connection),
-            journal: Mutex::new(journal),
+            connection: Arc::new(Mutex::new(connection)),
+            journal: Arc::new(Mutex::new(journal)),
             path,
             stop_checkpoints: stop,
             restart_wal,
-            sync_interval: None,
-            unsynced_since: Mutex::new(None),
+            unsynced: None,
+            rows_thread: None,
         })
     }
 
     /// Acknowledges log records once their frames are written to the journal, before they are synced, and
-    /// syncs them at least every `interval` (and before any other change): a crash of the process loses
-    /// nothing acknowledged, a power cut or a crash of the machine may lose the last interval or two. Their
-    /// rows commit in one transaction per sync. The default syncs every group before acknowledging it.
+    /// syncs them every `interval` on a thread of their own (and before any other change): a crash of the
+    /// process loses nothing acknowledged, a power cut or a crash of the machine may lose about the last
+    /// interval of them. Their rows commit after each sync, in one transaction. The default syncs every
+    /// group before acknowledging it.
     pub fn with_sync_interval(mut self, interval: Duration) -> SqliteStore {
-        self.sync_interval = Some(interval);
+        let rows = Arc::new(UnsyncedRows { queue: Mutex::default(), interval, stop: AtomicBool::new(false) });
+        let (connection, journal, restart) = (self.connection.clone(), self.journal.clone(), self.restart_wal.clone());
+        let thread_rows = rows.clone();
+        let spawned = std::thread::Builder::new().name("safebet-rows".into()).spawn(move || {
+            while !thread_rows.stop.load(Ordering::Relaxed) {
+                std::thread::park_timeout(thread_rows.interval);
+                let connection = connection.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                match commit_unsynced_rows(&connection, &journal, &thread_rows) {
+                    Ok(()) => restart_wal_if_asked(&connection, &restart),
+                    Err(e) => tracing::error!(error = %e, "syncing acknowledged log records failed"),
+                }
+            }
+        });
+        match spawned {
+            Ok(thread) => {
+                self.unsynced = Some(rows);
+                self.rows_thread = Some(thread);
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot start the sync thread; syncing before acknowledging"),
+        }
         self
     }
 
@@ -435,99 +557,61 @@ impl SqliteStore {
         &self.path
     }
 
-    /// The connection, with the rows of acknowledged log records committed (and their frames synced) first,
-    /// so whatever runs on it next sees and commits them.
+    /// The connection, with the rows of acknowledged, unsynced log records synced and committed first, so
+    /// whatever runs on it next sees them and never commits ahead of them.
     fn connection(&self) -> Result<std::sync::MutexGuard<'_, Connection>, StoreError> {
         let connection = self.lock_connection();
-        self.sync_open_transaction(&connection)?;
+        if let Some(rows) = &self.unsynced {
+            commit_unsynced_rows(&connection, &self.journal, rows)?;
+        }
         Ok(connection)
     }
 
-    /// The connection as it is: it may be inside the transaction of unsynced log records.
+    /// The connection as it is (rows of acknowledged log records may still wait for their sync).
     fn lock_connection(&self) -> std::sync::MutexGuard<'_, Connection> {
         // A panic while holding the lock cannot leave SQLite half-written (transactions roll back), so the
         // connection stays usable.
         self.connection.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Syncs the journal's unsynced frames, then commits the open transaction holding their rows, if one is
-    /// open. On failure the rows are rolled back: their frames are in the journal, and the recovery's replay
-    /// ([`Store::probe`]) puts them in.
-    fn sync_open_transaction(&self, connection: &Connection) -> Result<(), StoreError> {
-        let mut since = self.unsynced_since.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if since.take().is_none() {
-            return Ok(());
-        }
-        drop(since);
-        let synced = self.journal().sync_written().map_err(StoreError::from);
-        let committed = synced.and_then(|()| connection.execute_batch("COMMIT").map_err(StoreError::from));
-        if committed.is_err() && !connection.is_autocommit() {
-            let _ = connection.execute_batch("ROLLBACK");
-        }
-        if let Err(e) = connection.execute_batch("PRAGMA synchronous = FULL") {
-            tracing::error!(error = %e, "cannot set synchronous = FULL back after a log commit");
-        }
-        committed?;
-        self.restart_wal_if_asked(connection);
-        Ok(())
-    }
-
-    /// Starts the WAL over if the checkpoint thread asked: only between transactions.
-    fn restart_wal_if_asked(&self, connection: &Connection) {
-        if self.restart_wal.swap(false, Ordering::Relaxed) {
-            // Between commits nothing else writes, so this copies what the last PASSIVE pass left and makes
-            // the next commit write from the start of the WAL. A failure only leaves the WAL long.
-            if let Err(e) = connection.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(())) {
-                tracing::warn!(error = %e, "WAL restart failed; will retry");
-            }
-        }
+    /// The journal; lock only while holding [`SqliteStore::connection`], or alone.
+    fn journal(&self) -> std::sync::MutexGuard<'_, Journal> {
+        // Appended bytes are only counted by a sync or write, so a panic leaves nothing half-counted.
+        self.journal.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// [`Store::commit_answering`] of log records alone, with a sync interval: their frames are written to
-    /// the journal and they are declared durable at once; their rows join the open transaction, committed
-    /// with the next sync.
-    fn commit_unsynced(&self, writes: &[Write], durable: OnDurable, interval: Duration) -> Result<(), StoreError> {
-        let connection = self.lock_connection();
-        let mut journal = self.journal();
-        journal.discard();
-        let feature_refs = frame_records(&mut journal, writes)?;
-        let journal_end = journal.end_after_sync();
-        journal.write_unsynced()?;
-        drop(journal);
-        durable();
-        let mut since = self.unsynced_since.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let inserted = (|| {
-            if since.is_none() {
-                connection.execute_batch("PRAGMA synchronous = NORMAL")?;
-                connection.execute_batch("BEGIN")?;
-                *since = Some(Instant::now());
-            }
-            insert_writes(&connection, writes, &feature_refs, &mut false)?;
-            journal_end.map_or(Ok(()), |end| set_journal_position(&connection, end))
-        })();
-        if let Err(e) = inserted {
-            // Every row since the last sync goes: their records are in the journal after the position the
-            // database holds, and the recovery's replay puts them all in.
-            if since.take().is_some() && !connection.is_autocommit() {
-                let _ = connection.execute_batch("ROLLBACK");
-            }
-            if let Err(e) = connection.execute_batch("PRAGMA synchronous = FULL") {
-                tracing::error!(error = %e, "cannot set synchronous = FULL back after a failed log commit");
-            }
-            return Err(e);
+    /// the journal, they are declared durable, and their rows wait for the next sync.
+    fn commit_unsynced(&self, rows: &UnsyncedRows, writes: &[Write], durable: OnDurable) -> Result<(), StoreError> {
+        let mut queue = rows.lock_queue();
+        if let Some(reason) = &queue.failed {
+            return Err(StoreError::Unsynced(reason.clone()));
         }
-        let due = since.is_some_and(|started| started.elapsed() >= interval);
-        drop(since);
-        if due {
-            self.sync_open_transaction(&connection)?;
+        let (features, end) = {
+            let mut journal = self.journal();
+            journal.discard();
+            let features = frame_records(&mut journal, writes)?;
+            let end = journal.end_after_sync();
+            journal.write_unsynced()?;
+            (features, end)
+        };
+        // The rows need no features: the journal has them.
+        let mut writes = writes.to_vec();
+        for write in &mut writes {
+            if let Write::Log(LogRecord { entry: LogEntry::Decision(d), .. }) = write {
+                d.features = Vec::new();
+            }
+        }
+        queue.records += writes.len();
+        queue.groups.push(UnsyncedGroup { writes, features, end });
+        let backlog = queue.records > MAX_UNSYNCED_RECORDS;
+        drop(queue);
+        durable();
+        if backlog {
+            // The sync thread is falling behind: commit here, holding the writer back.
+            drop(self.connection()?);
         }
         Ok(())
-    }
-
-    /// The journal; lock only while holding [`SqliteStore::connection`].
-    fn journal(&self) -> std::sync::MutexGuard<'_, Journal> {
-        // Appended bytes are only counted by a sync, so a panic leaves nothing half-counted.
-        self.journal.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Removes the journal segments (and older feature files) no log row points into any more (after
@@ -636,8 +720,8 @@ impl Store for SqliteStore {
             return Ok(());
         }
         let journaled = writes.iter().all(|w| matches!(w, Write::Log(_)));
-        if journaled && let Some(interval) = self.sync_interval {
-            return self.commit_unsynced(writes, durable, interval);
+        if journaled && let Some(rows) = &self.unsynced {
+            return self.commit_unsynced(rows, writes, durable);
         }
         let mut connection = self.connection()?;
         let mut journal = self.journal();
@@ -690,16 +774,8 @@ impl Store for SqliteStore {
         if committed? {
             self.remove_unreferenced_segments(&connection);
         }
-        self.restart_wal_if_asked(&connection);
+        restart_wal_if_asked(&connection, &self.restart_wal);
         Ok(())
-    }
-
-    fn sync_interval(&self) -> Option<Duration> {
-        self.sync_interval
-    }
-
-    fn sync_acknowledged(&self) -> Result<(), StoreError> {
-        self.connection().map(drop)
     }
 
     fn read_log(
@@ -792,15 +868,23 @@ impl Store for SqliteStore {
     }
 
     fn probe(&self) -> Result<(), StoreError> {
-        let mut connection = self.connection()?;
+        // As it is: clearing a failure to commit acknowledged rows is what this is for.
+        let mut connection = self.lock_connection();
         let tx = connection.transaction()?;
         tx.execute("INSERT OR REPLACE INTO probe (id) VALUES (1)", [])?;
         tx.commit()?;
+        // Held through the replay, so no record is acknowledged (and queued) between the replay and the reset.
+        let mut queue = self.unsynced.as_ref().map(|rows| rows.lock_queue());
         let mut journal = self.journal();
         journal.probe()?;
-        // A commit that failed after its frames were synced (and its callers answered) left them out of the
-        // tables: put them in before anything is rebuilt from the tables.
-        replay_journal(&mut connection, &mut journal)
+        journal.sync_written()?;
+        // A commit that failed after its frames were written (and its callers answered) left them out of the
+        // tables: put them in before anything is rebuilt from the tables. That covers every queued row too.
+        replay_journal(&mut connection, &mut journal)?;
+        if let Some(queue) = &mut queue {
+            **queue = UnsyncedQueue::default();
+        }
+        Ok(())
     }
 }
 
@@ -1615,8 +1699,8 @@ mod tests {
             })
             .unwrap();
         assert_eq!(framed, 2, "both records framed in {}", segment.display());
-        // The writer's idle sync, or any other change, commits them.
-        store.sync_acknowledged().unwrap();
+        // Any other use of the store commits them first.
+        assert_eq!(store.load_experiment("a").unwrap().unwrap().log, records[..2]);
         assert_eq!(rows(&reader), 2);
         store.commit(&[Write::Log(records[2].clone())]).unwrap();
         store.save_definition(&def("b")).unwrap();
@@ -1627,6 +1711,42 @@ mod tests {
         assert_eq!(rows(&reader), 4, "dropping the store syncs what it acknowledged");
         let log = SqliteStore::open(dir.path()).unwrap().load_experiment("a").unwrap().unwrap().log;
         assert_eq!(log.len(), 4);
+    }
+
+    #[test]
+    fn with_a_sync_interval_the_sync_thread_commits_rows_and_a_failed_commit_waits_for_the_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap().with_sync_interval(Duration::from_millis(5));
+        store.save_definition(&def("a")).unwrap();
+        let reader = Connection::open(dir.path().join(DATABASE_FILE)).unwrap();
+        let rows =
+            |reader: &Connection| reader.query_row("SELECT count(*) FROM log", [], |r| r.get::<_, i64>(0)).unwrap();
+        store.commit(&[Write::Log(decision(1, vec![1.0]))]).unwrap();
+        let waited = std::time::Instant::now();
+        while rows(&reader) < 1 {
+            assert!(waited.elapsed() < Duration::from_secs(10), "the sync thread never committed the row");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // A row that cannot be inserted: its record was acknowledged, so it must come back, and nothing may be
+        // acknowledged or committed past it meanwhile.
+        reader
+            .execute_batch(
+                "CREATE TRIGGER refuse BEFORE INSERT ON log WHEN NEW.sequence = 2
+                 BEGIN SELECT RAISE(ABORT, 'injected failure'); END",
+            )
+            .unwrap();
+        store.commit(&[Write::Log(decision(2, vec![2.0]))]).unwrap();
+        // Reading commits the queued rows first (unless the sync thread got there before): either way it fails.
+        assert!(store.load_experiment("a").is_err(), "reads wait for the replay");
+        let refused = store.commit(&[Write::Log(decision(3, vec![3.0]))]).unwrap_err();
+        assert!(matches!(refused, StoreError::Unsynced(_)), "no record is acknowledged past the failure: {refused}");
+        assert!(store.save_definition(&def("b")).is_err(), "nor anything else committed");
+        reader.execute_batch("DROP TRIGGER refuse").unwrap();
+        store.probe().unwrap();
+        store.commit(&[Write::Log(decision(3, vec![3.0]))]).unwrap();
+        let log = store.load_experiment("a").unwrap().unwrap().log;
+        assert_eq!(log.iter().map(|r| r.sequence).collect::<Vec<_>>(), [1, 2, 3]);
+        assert_eq!(log[1], decision(2, vec![2.0]), "replayed with its features");
     }
 
     #[test]

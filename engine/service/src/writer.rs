@@ -13,7 +13,7 @@
 //! its experiments from the store (so memory holds nothing the log does not) and [`LogWriter::resume`]s once
 //! the store accepts writes again.
 
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
+use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -172,36 +172,10 @@ fn answer(job: Job, result: CommitResult) {
     }
 }
 
-/// Waits for the next job. A store that acknowledges log records before syncing them is synced whenever the
-/// queue stays empty for its interval (under load its commits sync it); `None` once the queue is closed.
-fn next_job(store: &dyn Store, receiver: &Receiver<Job>, shared: &Shared) -> Option<Job> {
-    let Some(interval) = store.sync_interval() else { return receiver.recv().ok() };
-    loop {
-        match receiver.recv_timeout(interval) {
-            Ok(job) => return Some(job),
-            Err(RecvTimeoutError::Timeout) => sync_acknowledged(store, shared),
-            Err(RecvTimeoutError::Disconnected) => {
-                sync_acknowledged(store, shared);
-                return None;
-            }
-        }
-    }
-}
-
-fn sync_acknowledged(store: &dyn Store, shared: &Shared) {
-    if let Err(e) = store.sync_acknowledged() {
-        tracing::error!(error = %e, "syncing acknowledged log records failed; refusing writes");
-        *shared.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!(
-            "the decision log cannot be synced ({e}); decisions and rewards are refused until the store accepts \
-             writes again"
-        ));
-    }
-}
-
 fn run(store: &dyn Store, receiver: &Receiver<Job>, shared: &Shared) {
     let mut jobs: Vec<Job> = Vec::with_capacity(MAX_GROUP);
     let mut writes: Vec<Write> = Vec::with_capacity(MAX_GROUP);
-    while let Some(first) = next_job(store, receiver, shared) {
+    while let Ok(first) = receiver.recv() {
         jobs.push(first);
         while jobs.len() < MAX_GROUP {
             match receiver.try_recv() {
