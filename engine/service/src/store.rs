@@ -240,8 +240,13 @@ pub struct SqliteStore {
     rows_thread: Option<std::thread::JoinHandle<()>>,
 }
 
-/// Most acknowledged records whose rows may wait for the sync thread before the writer commits them itself.
-const MAX_UNSYNCED_RECORDS: usize = 65_536;
+/// Queued rows past which the sync thread is woken before its interval is up: committing them costs about
+/// 5 us each, so a queue much longer than this would make one long transaction of them.
+const WAKE_SYNC_AT_RECORDS: usize = 2_048;
+
+/// Most acknowledged records whose rows may wait for the sync thread before the writer commits them itself
+/// (the sync thread is not keeping up: the writer, and so the callers, wait).
+const MAX_UNSYNCED_RECORDS: usize = 32_768;
 
 /// Log records acknowledged once their frames were written to the journal, whose rows wait for the sync
 /// after which they may commit: a committed row must never point at frames a power cut could take.
@@ -596,17 +601,25 @@ impl SqliteStore {
             (features, end)
         };
         // The rows need no features: the journal has them.
+        let writes_len = writes.len();
         let mut writes = writes.to_vec();
         for write in &mut writes {
             if let Write::Log(LogRecord { entry: LogEntry::Decision(d), .. }) = write {
                 d.features = Vec::new();
             }
         }
+        let before = queue.records;
         queue.records += writes.len();
         queue.groups.push(UnsyncedGroup { writes, features, end });
         let backlog = queue.records > MAX_UNSYNCED_RECORDS;
         drop(queue);
         durable();
+        if before < WAKE_SYNC_AT_RECORDS
+            && before + writes_len >= WAKE_SYNC_AT_RECORDS
+            && let Some(thread) = &self.rows_thread
+        {
+            thread.thread().unpark();
+        }
         if backlog {
             // The sync thread is falling behind: commit here, holding the writer back.
             drop(self.connection()?);
