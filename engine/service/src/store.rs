@@ -9,7 +9,10 @@
 //! append-only segment files beside it (see `journal`) that holds every log record with its decision
 //! features. A group of log records is durable once its frames are synced there; their rows then commit
 //! without a sync of their own, and the journal puts back on open whatever rows a crash took.
-//! Definitions, snapshots and audit entries commit with `synchronous = FULL`.
+//! Definitions, snapshots and audit entries commit with `synchronous = FULL`. With
+//! [`SqliteStore::with_sync_interval`] log records are acknowledged once their frames are written, before the
+//! sync; a thread syncs the journal every interval and then commits their rows (a row never points at frames
+//! that are not on disk).
 //! [`MemoryStore`] keeps nothing, for measuring what durability costs and for throwaway runs.
 
 use std::path::{Path, PathBuf};
