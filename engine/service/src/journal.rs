@@ -634,6 +634,32 @@ mod tests {
     }
 
     #[test]
+    fn unsynced_writes_are_readable_at_once_and_tracked_until_a_sync_covers_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut files = Journal::open(dir.path()).unwrap();
+        assert!(files.written_unsynced().is_none());
+        let first = append(&mut files, b"a", &[1, 2]);
+        files.write_unsynced().unwrap();
+        let (_, end) = files.written_unsynced().expect("written, not synced");
+        assert_eq!(end, (1, first.offset + 2));
+        // Another process (a restart after a crash of this one) reads what the kernel holds.
+        assert_eq!(Journal::open(dir.path()).unwrap().read(first).unwrap(), vec![1, 2]);
+        // A sync of an end that more was written after leaves the rest to sync.
+        let second = append(&mut files, b"b", &[3]);
+        files.write_unsynced().unwrap();
+        files.mark_synced(end);
+        assert_eq!(files.written_unsynced().map(|(_, end)| end), Some((1, second.offset + 1)));
+        files.sync_written().unwrap();
+        assert!(files.written_unsynced().is_none());
+        // A group synced the usual way covers earlier unsynced writes to its file.
+        append(&mut files, b"c", &[4]);
+        files.write_unsynced().unwrap();
+        append(&mut files, b"d", &[5]);
+        files.sync().unwrap();
+        assert!(files.written_unsynced().is_none());
+    }
+
+    #[test]
     fn a_discarded_group_is_written_over() {
         let dir = tempfile::tempdir().unwrap();
         let mut files = Journal::open(dir.path()).unwrap();

@@ -329,6 +329,8 @@ fn commit_unsynced_rows(
         tracing::error!(error = %e, "cannot set synchronous = FULL back after a log commit");
     }
     if let Err(e) = &committed {
+        tracing::error!(error = %e, "committing the rows of acknowledged log records failed; refusing records until \
+                                     the journal is replayed");
         let mut queue = rows.lock_queue();
         queue.failed = Some(e.to_string());
         queue.groups.clear();
@@ -544,9 +546,9 @@ impl SqliteStore {
             while !thread_rows.stop.load(Ordering::Relaxed) {
                 std::thread::park_timeout(thread_rows.interval);
                 let connection = connection.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-                match commit_unsynced_rows(&connection, &journal, &thread_rows) {
-                    Ok(()) => restart_wal_if_asked(&connection, &restart),
-                    Err(e) => tracing::error!(error = %e, "syncing acknowledged log records failed"),
+                // A failure was logged where it happened; until the replay clears it there is nothing to do.
+                if commit_unsynced_rows(&connection, &journal, &thread_rows).is_ok() {
+                    restart_wal_if_asked(&connection, &restart);
                 }
             }
         });
@@ -604,23 +606,20 @@ impl SqliteStore {
             (features, end)
         };
         // The rows need no features: the journal has them.
-        let writes_len = writes.len();
         let mut writes = writes.to_vec();
         for write in &mut writes {
             if let Write::Log(LogRecord { entry: LogEntry::Decision(d), .. }) = write {
                 d.features = Vec::new();
             }
         }
-        let before = queue.records;
+        let wake = queue.records < WAKE_SYNC_AT_RECORDS;
         queue.records += writes.len();
-        queue.groups.push(UnsyncedGroup { writes, features, end });
+        let wake = wake && queue.records >= WAKE_SYNC_AT_RECORDS;
         let backlog = queue.records > MAX_UNSYNCED_RECORDS;
+        queue.groups.push(UnsyncedGroup { writes, features, end });
         drop(queue);
         durable();
-        if before < WAKE_SYNC_AT_RECORDS
-            && before + writes_len >= WAKE_SYNC_AT_RECORDS
-            && let Some(thread) = &self.rows_thread
-        {
+        if let (true, Some(thread)) = (wake, &self.rows_thread) {
             thread.thread().unpark();
         }
         if backlog {
