@@ -38,7 +38,7 @@ pub struct ServeArgs {
     /// Acknowledge decisions and rewards once the log has written them to the operating system, and sync
     /// the log to disk at least every MS milliseconds, instead of syncing before every acknowledgement (the
     /// default). A crash or kill -9 of the service still loses nothing acknowledged; a power cut or a crash
-    /// of the machine may lose up to about twice MS of them. Lower latency and CPU per decision under load
+    /// of the machine may lose about the last MS milliseconds of them. Lower latency and CPU per decision under load
     /// (BENCHMARKS.md). 0 keeps the default.
     #[arg(long, value_name = "MS", default_value_t = 0)]
     sync_interval_ms: u64,
