@@ -19,6 +19,9 @@ async fn scrape(address: std::net::SocketAddr) -> String {
     response
 }
 
+/// One test per process: the Prometheus recorder is process-wide. The store syncs every 5 ms (rather than
+/// before each answer), so its gauge of acknowledged records waiting for a sync is exported too; the other
+/// metrics are the same either way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_metrics_endpoint_reports_traffic_latency_and_budget() {
     let dir = tempfile::tempdir().unwrap();
@@ -28,7 +31,8 @@ async fn the_metrics_endpoint_reports_traffic_latency_and_budget() {
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
-    let mut options = ServeOptions::new(Arc::new(SqliteStore::open(dir.path()).unwrap()));
+    let store = SqliteStore::open(dir.path()).unwrap().with_sync_interval(Duration::from_millis(5));
+    let mut options = ServeOptions::new(Arc::new(store));
     options.metrics_listen = Some(metrics_address);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(safebet_service::run(
@@ -100,6 +104,13 @@ async fn the_metrics_endpoint_reports_traffic_latency_and_budget() {
         .parse()
         .unwrap();
     assert!(features >= 30.0 * 32.0, "feature files hold {features} bytes");
+    let unsynced: f64 = text
+        .lines()
+        .find_map(|line| line.strip_prefix("safebet_store_unsynced_records "))
+        .unwrap_or_else(|| panic!("no unsynced-records gauge in\n{text}"))
+        .parse()
+        .unwrap();
+    assert!(unsynced < 60.0, "{unsynced} records wait for a sync that runs every 5 ms");
     let _ = stop.send(());
     server.await.unwrap().unwrap();
 }

@@ -220,6 +220,11 @@ pub trait Store: Send + Sync + 'static {
     fn disk_usage(&self) -> Vec<(&'static str, u64)> {
         Vec::new()
     }
+    /// Log records acknowledged and not yet synced (what a power cut could take now), if the store
+    /// acknowledges before syncing; `None` if it never does.
+    fn unsynced_records(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// [`Store`] on an embedded SQLite database (`safebet.sqlite3` in the data directory, WAL mode) and the
@@ -727,6 +732,10 @@ impl Store for SqliteStore {
         let wal = self.path.with_file_name(format!("{DATABASE_FILE}-wal"));
         let features = crate::journal::bytes_in(self.data_dir()).unwrap_or(0);
         vec![("database", size(&self.path)), ("wal", size(&wal)), ("features", features)]
+    }
+
+    fn unsynced_records(&self) -> Option<usize> {
+        self.unsynced.as_ref().map(|rows| rows.lock_queue().records)
     }
 
     fn commit_answering(&self, writes: &[Write], durable: OnDurable) -> Result<(), StoreError> {

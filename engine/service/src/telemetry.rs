@@ -78,10 +78,14 @@ impl CallTimer {
     }
 }
 
-/// Refreshes the store's disk gauges (database, WAL, journal), so operators see the log grow.
+/// Refreshes the store's disk gauges (database, WAL, journal), so operators see the log grow, and, with a sync
+/// interval, how many acknowledged records are not yet synced.
 pub fn refresh_store(store: &dyn Store) {
     for (part, bytes) in store.disk_usage() {
         metrics::gauge!("safebet_store_bytes", "part" => part).set(bytes as f64);
+    }
+    if let Some(records) = store.unsynced_records() {
+        metrics::gauge!("safebet_store_unsynced_records").set(records as f64);
     }
 }
 
