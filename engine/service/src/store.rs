@@ -544,6 +544,12 @@ impl SqliteStore {
     /// interval of them. Their rows commit after each sync, in one transaction. The default syncs every
     /// group before acknowledging it.
     pub fn with_sync_interval(mut self, interval: Duration) -> SqliteStore {
+        if self.unsynced.is_some() {
+            tracing::warn!("the store already has a sync interval; keeping it");
+            return self;
+        }
+        // A zero interval would make the sync thread spin.
+        let interval = interval.max(Duration::from_millis(1));
         let rows = Arc::new(UnsyncedRows { queue: Mutex::default(), interval, stop: AtomicBool::new(false) });
         let (connection, journal, restart) = (self.connection.clone(), self.journal.clone(), self.restart_wal.clone());
         let thread_rows = rows.clone();
