@@ -13,8 +13,9 @@
 //! `repeated double` instead. By default every decision goes through the durable decision log (group commit,
 //! fsync) in a temporary directory under `--data-dir DIR` (default `.`); `--store memory` logs nothing, to
 //! measure what durability costs; `--sync-interval-ms MS` acknowledges log records once written and syncs
-//! them every MS ms (`safebet serve --sync-interval-ms`). `--timeline FILE` writes the open loop's every request (due time, latency;
-//! CSV) to see when the slow ones happened; `--server-threads N` / `--client-threads N` (default 2 each).
+//! them every MS ms (`safebet serve --sync-interval-ms`). `--timeline FILE` writes the open loop's every
+//! request (due time, latency; CSV) to see when the slow ones happened; `--server-threads N` /
+//! `--client-threads N` (default 2 each).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -321,17 +322,16 @@ fn main() {
         .and_then(|i| args.get(i + 1))
         .and_then(|s| s.parse::<u64>().ok())
         .filter(|&ms| ms > 0);
-    let store: Arc<dyn Store> = match (memory, sync_interval_ms) {
-        (true, _) => Arc::new(MemoryStore),
-        (false, None) => Arc::new(SqliteStore::open(data.path()).expect("store")),
-        (false, Some(ms)) => {
-            Arc::new(SqliteStore::open(data.path()).expect("store").with_sync_interval(Duration::from_millis(ms)))
-        }
-    };
-    let store_name = match (memory, sync_interval_ms) {
-        (true, _) => "memory (nothing logged)".to_owned(),
-        (false, None) => "SQLite decision log, fsync per group commit".to_owned(),
-        (false, Some(ms)) => format!("SQLite decision log, acknowledged once written, fsync every {ms} ms"),
+    let (store, store_name): (Arc<dyn Store>, String) = match (memory, sync_interval_ms) {
+        (true, _) => (Arc::new(MemoryStore), "memory (nothing logged)".into()),
+        (false, None) => (
+            Arc::new(SqliteStore::open(data.path()).expect("store")),
+            "SQLite decision log, fsync per group commit".into(),
+        ),
+        (false, Some(ms)) => (
+            Arc::new(SqliteStore::open(data.path()).expect("store").with_sync_interval(Duration::from_millis(ms))),
+            format!("SQLite decision log, acknowledged once written, fsync every {ms} ms"),
+        ),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = server_runtime.spawn(safebet_service::run(

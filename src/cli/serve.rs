@@ -36,10 +36,10 @@ pub struct ServeArgs {
     #[arg(long, value_enum, default_value_t = StoreKind::Sqlite)]
     store: StoreKind,
     /// Acknowledge decisions and rewards once the log has written them to the operating system, and sync
-    /// the log to disk at least every MS milliseconds, instead of syncing before every acknowledgement (the
-    /// default). A crash or kill -9 of the service still loses nothing acknowledged; a power cut or a crash
-    /// of the machine may lose about the last MS milliseconds of them. Lower latency and CPU per decision under load
-    /// (BENCHMARKS.md). 0 keeps the default.
+    /// the log to disk every MS milliseconds, instead of syncing before every acknowledgement (the default).
+    /// A crash or kill -9 of the service still loses nothing acknowledged; a power cut or a crash of the
+    /// machine may lose about the last MS milliseconds of them. Lower latency and CPU per decision under
+    /// load (BENCHMARKS.md). 0 keeps the default.
     #[arg(long, value_name = "MS", default_value_t = 0)]
     sync_interval_ms: u64,
     /// API keys file (`[[key]]` tables: id, role = "admin" | "decide", sha256, optional experiments). Keys
@@ -94,6 +94,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             })
         }
         StoreKind::Memory => {
+            if args.sync_interval_ms > 0 {
+                tracing::warn!("--sync-interval-ms has no effect with --store memory: nothing is written");
+            }
             tracing::warn!("--store memory: nothing is kept; state dies with the process");
             Arc::new(MemoryStore)
         }
