@@ -644,6 +644,13 @@ impl SqliteStore {
     /// deletions and compactions); every frame in them is already in the tables. Runs after the change
     /// committed, so a failure only leaves disk space in use: it is logged, not returned.
     fn remove_unreferenced_segments(&self, connection: &Connection) {
+        // With a sync interval, records written since the caller committed the queue may be waiting in it,
+        // their frames in a file no committed row points into yet: remove nothing until they are in. Held
+        // through the removal, so nothing is written meanwhile.
+        let queue = self.unsynced.as_ref().map(|rows| rows.lock_queue());
+        if queue.as_ref().is_some_and(|queue| !queue.groups.is_empty() || queue.failed.is_some()) {
+            return;
+        }
         let removed = connection
             .prepare_cached("SELECT 1 FROM log WHERE features_file = ?1 LIMIT 1")
             .map_err(|e| std::io::Error::other(e.to_string()));
