@@ -121,10 +121,15 @@ struct ActiveFile {
 impl Journal {
     /// The journal in `data_dir`; creates its directory if needed. Opens no file yet.
     pub fn open(data_dir: &Path) -> io::Result<Journal> {
-        let directory = data_dir.join(FEATURES_DIR);
-        std::fs::create_dir_all(&directory)?;
-        Ok(Journal {
-            directory,
+        let journal = Journal::for_reading(data_dir);
+        std::fs::create_dir_all(&journal.directory)?;
+        Ok(journal)
+    }
+
+    /// The journal in `data_dir`, only to read features from (creates nothing).
+    pub fn for_reading(data_dir: &Path) -> Journal {
+        Journal {
+            directory: data_dir.join(FEATURES_DIR),
             active: None,
             pending: Vec::new(),
             readers: HashMap::new(),
@@ -134,7 +139,7 @@ impl Journal {
             dirty_tail: false,
             max_file_bytes: MAX_FILE_BYTES,
             unsynced: false,
-        })
+        }
     }
 
     fn segment_path(&self, number: u32) -> PathBuf {

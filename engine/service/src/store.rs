@@ -494,6 +494,40 @@ impl SqliteStore {
         SqliteStore::open_with_wal_bound(data_dir, DEFAULT_WAL_RESTART_FRAMES)
     }
 
+    /// Opens the store in `data_dir` to read it, changing nothing: no replay of the journal (its tail may be a
+    /// running server's group being written, or rows it has yet to commit), no checkpoints, no schema
+    /// upgrade. What `safebet log` uses, so it can run beside `safebet serve`. It reads what the database
+    /// holds: records of the last moments before a crash are in it once the next `safebet serve` has
+    /// replayed them.
+    pub fn open_read_only(data_dir: &Path) -> Result<SqliteStore, StoreError> {
+        let path = data_dir.join(DATABASE_FILE);
+        let connection = Connection::open_with_flags(
+            &path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        connection.busy_timeout(std::time::Duration::from_secs(5))?;
+        let columns: i64 = connection.query_row(
+            "SELECT count(*) FROM pragma_table_info('log') WHERE name = 'features_file'",
+            [],
+            |row| row.get(0),
+        )?;
+        if columns == 0 {
+            return Err(StoreError::Corrupt {
+                id: path.display().to_string(),
+                reason: "the store predates the journal; open it once with `safebet serve` to upgrade it".into(),
+            });
+        }
+        Ok(SqliteStore {
+            connection: Arc::new(Mutex::new(connection)),
+            journal: Arc::new(Mutex::new(Journal::for_reading(data_dir))),
+            path,
+            stop_checkpoints: Arc::new(AtomicBool::new(true)),
+            restart_wal: Arc::new(AtomicBool::new(false)),
+            unsynced: None,
+            rows_thread: None,
+        })
+    }
+
     /// [`SqliteStore::open`], starting the WAL over once it holds more than `restart_frames` frames.
     pub fn open_with_wal_bound(data_dir: &Path, restart_frames: i64) -> Result<SqliteStore, StoreError> {
         std::fs::create_dir_all(data_dir)
@@ -1784,6 +1818,48 @@ mod tests {
         let log = store.load_experiment("a").unwrap().unwrap().log;
         assert_eq!(log.iter().map(|r| r.sequence).collect::<Vec<_>>(), [1, 2, 3]);
         assert_eq!(log[1], decision(2, vec![2.0]), "replayed with its features");
+    }
+
+    #[test]
+    fn a_read_only_store_reads_what_the_database_holds_and_changes_nothing() {
+        // What `safebet log` sees beside a running server: rows not committed yet (their frames at the
+        // journal's end, maybe half written). Replaying or cutting them there would race the server.
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SqliteStore::open(dir.path()).unwrap();
+            store.save_definition(&def("a")).unwrap();
+            store.commit(&[Write::Log(decision(1, vec![1.0, 2.0]))]).unwrap();
+            let before = journal_position(&store);
+            store.commit(&[Write::Log(decision(2, vec![3.0]))]).unwrap();
+            let connection = store.connection().unwrap();
+            connection.execute("DELETE FROM log WHERE sequence = 2", []).unwrap();
+            connection.execute("UPDATE journal SET file = ?1, offset = ?2", params![before.0, before.1]).unwrap();
+        }
+        let segment = dir.path().join(crate::journal::FEATURES_DIR).join("00000001.seg");
+        let mut bytes = std::fs::read(&segment).unwrap();
+        bytes.extend_from_slice(&bytes.clone()[..30]);
+        std::fs::write(&segment, &bytes).unwrap();
+
+        let reader = SqliteStore::open_read_only(dir.path()).unwrap();
+        let mut read = Vec::new();
+        reader
+            .read_log(None, &mut |record| {
+                read.push(record);
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(read, [decision(1, vec![1.0, 2.0])], "the committed rows, features included");
+        assert!(reader.save_definition(&def("b")).is_err(), "it cannot write");
+        drop(reader);
+        assert_eq!(std::fs::read(&segment).unwrap(), bytes, "the journal's tail is left as it is");
+        let rows: i64 = Connection::open(dir.path().join(DATABASE_FILE))
+            .unwrap()
+            .query_row("SELECT count(*) FROM log", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 1, "nothing replayed");
+        // The next server replays them.
+        let log = SqliteStore::open(dir.path()).unwrap().load_experiment("a").unwrap().unwrap().log;
+        assert_eq!(log.len(), 2);
     }
 
     #[test]
