@@ -200,8 +200,10 @@ async fn kill_9_restarts(restarts: u64, serve_args: &[&str]) {
         }
         drop(drain);
 
-        // Everything acknowledged is in the log, exactly once.
-        let store = SqliteStore::open(&data).unwrap();
+        // Everything acknowledged is in the log, exactly once. Opened for writing once (which replays the
+        // journal, as a restart would), then read-only: the restarted server below needs the store's lock.
+        drop(SqliteStore::open(&data).unwrap());
+        let store = SqliteStore::open_read_only(&data).unwrap();
         {
             let seen = acked.lock().unwrap();
             let mut decisions: HashMap<String, (u64, usize)> = HashMap::new();

@@ -61,6 +61,39 @@ pub enum StoreError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// Another process (a second `safebet serve`) has the data directory open for writing.
+    #[error(
+        "{0} is in use by another process (it holds the lock on {0}/{LOCK_FILE}); two servers writing one store would corrupt its journal"
+    )]
+    InUse(PathBuf),
+}
+
+/// The file in the data directory a writing store holds an exclusive lock on, for as long as it is open.
+pub const LOCK_FILE: &str = "lock";
+
+/// Takes the exclusive lock of `data_dir` for this process, or says who has it. The kernel releases it when
+/// the file is closed, also when the process dies.
+fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, StoreError> {
+    let path = data_dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| StoreError::DataDir { path: path.clone(), source })?;
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock only reads the descriptor, which `file` keeps open for the call.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let error = std::io::Error::last_os_error();
+            if error.kind() == std::io::ErrorKind::WouldBlock {
+                return Err(StoreError::InUse(data_dir.to_owned()));
+            }
+            return Err(StoreError::DataDir { path, source: error });
+        }
+    }
+    Ok(file)
 }
 
 /// A learner snapshot: the serialised experiment state up to `sequence`.
@@ -246,6 +279,8 @@ pub struct SqliteStore {
     unsynced: Option<Arc<UnsyncedRows>>,
     /// The thread that syncs them and commits their rows every interval.
     rows_thread: Option<std::thread::JoinHandle<()>>,
+    /// The data directory's lock, held while the store is open for writing (`None` read-only).
+    _lock: Option<std::fs::File>,
 }
 
 /// Queued rows past which the sync thread is woken before its interval is up: committing them costs about
@@ -525,6 +560,7 @@ impl SqliteStore {
             restart_wal: Arc::new(AtomicBool::new(false)),
             unsynced: None,
             rows_thread: None,
+            _lock: None,
         })
     }
 
@@ -532,6 +568,7 @@ impl SqliteStore {
     pub fn open_with_wal_bound(data_dir: &Path, restart_frames: i64) -> Result<SqliteStore, StoreError> {
         std::fs::create_dir_all(data_dir)
             .map_err(|source| StoreError::DataDir { path: data_dir.to_owned(), source })?;
+        let lock = lock_data_dir(data_dir)?;
         let path = data_dir.join(DATABASE_FILE);
         let mut connection = Connection::open(&path)?;
         connection.pragma_update(None, "journal_mode", "WAL")?;
@@ -569,6 +606,7 @@ impl SqliteStore {
             restart_wal,
             unsynced: None,
             rows_thread: None,
+            _lock: Some(lock),
         })
     }
 
@@ -1860,6 +1898,20 @@ mod tests {
         // The next server replays them.
         let log = SqliteStore::open(dir.path()).unwrap().load_experiment("a").unwrap().unwrap().log;
         assert_eq!(log.len(), 2);
+    }
+
+    #[test]
+    fn one_writer_per_data_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        store.save_definition(&def("a")).unwrap();
+        let second = SqliteStore::open(dir.path()).unwrap_err();
+        assert!(matches!(second, StoreError::InUse(_)), "{second}");
+        assert!(second.to_string().contains("in use by another process"), "{second}");
+        // Readers are welcome.
+        assert!(SqliteStore::open_read_only(dir.path()).unwrap().load_experiment("a").unwrap().is_some());
+        drop(store);
+        SqliteStore::open(dir.path()).unwrap();
     }
 
     #[test]
