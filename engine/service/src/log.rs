@@ -152,6 +152,33 @@ pub struct DecisionRecord {
     pub model_version: u64,
 }
 
+impl DecisionRecord {
+    /// A copy without the features, for a row whose features are kept elsewhere (the journal): a clone would
+    /// copy their kilobytes only to drop them.
+    pub fn without_features(&self) -> DecisionRecord {
+        DecisionRecord {
+            decision_id: self.decision_id,
+            event_id: self.event_id.clone(),
+            client_event_id: self.client_event_id,
+            num_actions: self.num_actions,
+            features: Vec::new(),
+            layout: self.layout,
+            round_action_ids: self.round_action_ids.clone(),
+            baseline: self.baseline,
+            baseline_expected_reward: self.baseline_expected_reward,
+            paused: self.paused,
+            action: self.action,
+            action_id: self.action_id.clone(),
+            proposed_action: self.proposed_action,
+            propensity: self.propensity,
+            propensity_estimated: self.propensity_estimated,
+            fallback: self.fallback,
+            played_baseline: self.played_baseline,
+            model_version: self.model_version,
+        }
+    }
+}
+
 /// Encodes doubles as little-endian bytes (the store's `features` column; numpy reads it with
 /// `np.frombuffer(blob, "<f8")`).
 pub fn encode_features(values: &[f64]) -> Vec<u8> {

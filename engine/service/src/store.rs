@@ -689,12 +689,18 @@ impl SqliteStore {
             (features, end)
         };
         // The rows need no features: the journal has them.
-        let mut writes = writes.to_vec();
-        for write in &mut writes {
-            if let Write::Log(LogRecord { entry: LogEntry::Decision(d), .. }) = write {
-                d.features = Vec::new();
-            }
-        }
+        let writes: Vec<Write> = writes
+            .iter()
+            .map(|write| match write {
+                Write::Log(record @ LogRecord { entry: LogEntry::Decision(decision), .. }) => Write::Log(LogRecord {
+                    experiment_id: record.experiment_id.clone(),
+                    sequence: record.sequence,
+                    unix_ms: record.unix_ms,
+                    entry: LogEntry::Decision(Box::new(decision.without_features())),
+                }),
+                other => other.clone(),
+            })
+            .collect();
         let wake = queue.records < WAKE_SYNC_AT_RECORDS;
         queue.records += writes.len();
         let wake = wake && queue.records >= WAKE_SYNC_AT_RECORDS;
