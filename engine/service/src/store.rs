@@ -71,8 +71,8 @@ pub enum StoreError {
 /// The file in the data directory a writing store holds an exclusive lock on, for as long as it is open.
 pub const LOCK_FILE: &str = "lock";
 
-/// Takes the exclusive lock of `data_dir` for this process, or says who has it. The kernel releases it when
-/// the file is closed, also when the process dies.
+/// Takes the exclusive lock of `data_dir` for this process, or says that another process has it. The kernel
+/// releases it when the file is closed, also when the process dies.
 fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, StoreError> {
     let path = data_dir.join(LOCK_FILE);
     let file = std::fs::OpenOptions::new()
