@@ -365,9 +365,7 @@ fn commit_unsynced_rows(
         tx.commit()?;
         Ok::<(), StoreError>(())
     })();
-    if let Err(e) = connection.execute_batch("PRAGMA synchronous = FULL") {
-        tracing::error!(error = %e, "cannot set synchronous = FULL back after a log commit");
-    }
+    restore_full_sync(connection);
     if let Err(e) = &committed {
         tracing::error!(error = %e, "committing the rows of acknowledged log records failed; refusing records until \
                                      the journal is replayed");
@@ -377,6 +375,14 @@ fn commit_unsynced_rows(
         queue.records = 0;
     }
     committed
+}
+
+/// Sets `synchronous = FULL` back after log rows committed without a sync. On failure the commit stands; only
+/// admin writes would be less durable until the next log commit retries.
+fn restore_full_sync(connection: &Connection) {
+    if let Err(e) = connection.execute_batch("PRAGMA synchronous = FULL") {
+        tracing::error!(error = %e, "cannot set synchronous = FULL back after a log commit");
+    }
 }
 
 /// Starts the WAL over if the checkpoint thread asked; only between transactions.
@@ -882,9 +888,8 @@ impl Store for SqliteStore {
             Ok::<bool, StoreError>(compacted)
         })();
         drop(journal);
-        if journaled && let Err(e) = connection.execute_batch("PRAGMA synchronous = FULL") {
-            // The commit stands; only admin writes would be less durable until the next log commit retries.
-            tracing::error!(error = %e, "cannot set synchronous = FULL back after a log commit");
+        if journaled {
+            restore_full_sync(&connection);
         }
         if committed? {
             self.remove_unreferenced_segments(&connection);
