@@ -15,6 +15,7 @@
 //! that are not on disk).
 //! [`MemoryStore`] keeps nothing, for measuring what durability costs and for throwaway runs.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -356,8 +357,9 @@ fn commit_unsynced_rows(
         }
         connection.execute_batch("PRAGMA synchronous = NORMAL")?;
         let tx = connection.unchecked_transaction()?;
+        let mut live = LiveExperiments::default();
         for group in &groups {
-            insert_writes(&tx, &group.writes, &group.features, &mut false)?;
+            insert_writes(&tx, &group.writes, &group.features, &mut live, &mut false)?;
         }
         if let Some(end) = groups.iter().rev().find_map(|group| group.end) {
             set_journal_position(&tx, end)?;
@@ -861,7 +863,7 @@ impl Store for SqliteStore {
             // rows; that thread also says the log records are durable as soon as they are. The rows commit only
             // after the frames are on disk, so a committed row never points at bytes that are not.
             journal.start_sync(if journaled { Some(durable) } else { None })?;
-            let inserted = insert_writes(&tx, writes, &feature_refs, &mut compacted)
+            let inserted = insert_writes(&tx, writes, &feature_refs, &mut LiveExperiments::default(), &mut compacted)
                 .and_then(|()| journal_end.map_or(Ok(()), |end| set_journal_position(&tx, end)));
             let synced = journal.finish_sync();
             // Frames of a group whose callers hear that it failed must never be replayed. Log records whose
@@ -1051,14 +1053,38 @@ struct LogColumns<'a> {
     detail: Option<String>,
 }
 
-/// Inserts a log row unless its experiment is gone (deleted while the record was queued).
+/// Inserts a log row; [`LiveExperiments`] says first whether its experiment still exists. A plain single-row
+/// INSERT: SQLite needs no statement journal for it (an `INSERT ... SELECT ... WHERE EXISTS` did, and looked
+/// the experiment up twice per row).
 const INSERT_LOG: &str =
     "INSERT INTO log (experiment_id, sequence, unix_ms, kind, decision_id, event_id, action, baseline,
                       num_actions, propensity, played_baseline, reward, alpha, features_file,
                       features_offset, features_length, features_crc32, detail)
-     SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18
-     WHERE EXISTS (SELECT 1 FROM experiments WHERE id = ?1)
-        OR EXISTS (SELECT 1 FROM episodic_experiments WHERE id = ?1)";
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)";
+
+/// Which experiments a transaction's log rows may go to: a record queued while its experiment was deleted
+/// is dropped. Nothing creates or deletes an experiment inside a transaction that inserts log rows (those
+/// changes take the connection), so each experiment is looked up once per transaction, not once per row.
+#[derive(Default)]
+struct LiveExperiments {
+    known: HashMap<String, bool>,
+}
+
+impl LiveExperiments {
+    fn contains(&mut self, tx: &Connection, id: &str) -> Result<bool, StoreError> {
+        if let Some(&live) = self.known.get(id) {
+            return Ok(live);
+        }
+        let live = tx
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM experiments WHERE id = ?1)
+                     OR EXISTS (SELECT 1 FROM episodic_experiments WHERE id = ?1)",
+            )?
+            .query_row([id], |row| row.get(0))?;
+        self.known.insert(id.to_owned(), live);
+        Ok(live)
+    }
+}
 
 /// Frames every log record of `writes` into the journal with its features, and says where each decision's
 /// features will be (what its row points at; `None` for other writes).
@@ -1104,13 +1130,16 @@ fn replay_journal(connection: &mut Connection, journal: &mut Journal) -> Result<
     let end = {
         // A row already there is the same record (its frame and its row were both kept): leave it.
         let mut insert = tx.prepare(&format!("{INSERT_LOG} ON CONFLICT DO NOTHING"))?;
+        let mut live = LiveExperiments::default();
         journal.replay::<StoreError>(from, &mut |payload, at| {
             let record: LogRecord = rmp_serde::from_slice(payload).map_err(|e| StoreError::Corrupt {
                 id: format!("journal segment {}", at.file),
                 reason: format!("a frame's record does not decode: {e}"),
             })?;
             let at = matches!(record.entry, LogEntry::Decision(_)).then_some(at);
-            insert_record(&mut insert, &record, at)?;
+            if live.contains(&tx, &record.experiment_id)? {
+                insert_record(&mut insert, &record, at)?;
+            }
             replayed += 1;
             Ok(())
         })?
@@ -1132,6 +1161,7 @@ fn insert_writes(
     tx: &Connection,
     writes: &[Write],
     feature_refs: &[Option<FeatureRef>],
+    live: &mut LiveExperiments,
     compacted: &mut bool,
 ) -> Result<(), StoreError> {
     let mut insert_log = tx.prepare_cached(INSERT_LOG)?;
@@ -1150,7 +1180,11 @@ fn insert_writes(
             Write::Audit(e) => {
                 audit.execute(params![e.unix_ms, e.actor, e.action, e.experiment_id, e.before, e.after])?;
             }
-            Write::Log(record) => insert_record(&mut insert_log, record, *at)?,
+            Write::Log(record) => {
+                if live.contains(tx, &record.experiment_id)? {
+                    insert_record(&mut insert_log, record, *at)?;
+                }
+            }
             Write::Snapshot { snapshot, compact: drop_log } => {
                 let sequence = to_sql_sequence(snapshot.sequence);
                 insert_snapshot.execute(params![snapshot.experiment_id, sequence, snapshot.state])?;
@@ -1466,21 +1500,33 @@ mod tests {
 
     #[test]
     fn late_log_records_of_a_deleted_experiment_are_dropped() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(dir.path()).unwrap();
-        store.save_definition(&def("a")).unwrap();
-        let record = |sequence| LogRecord {
-            experiment_id: "a".into(),
-            sequence,
-            unix_ms: 0,
-            entry: LogEntry::Timeout { decision_id: sequence },
-        };
-        store.commit(&[Write::Log(record(1))]).unwrap();
-        store.delete_experiment("a").unwrap();
-        // A call that was deciding as the experiment was deleted: its record must not haunt a new "a".
-        store.commit(&[Write::Log(record(2))]).unwrap();
-        store.save_definition(&def("a")).unwrap();
-        assert_eq!(store.load_experiment("a").unwrap().unwrap().log, vec![]);
+        // With the default sync and with records acknowledged before the sync (their rows commit later).
+        for interval in [None, Some(Duration::from_secs(3600))] {
+            let dir = tempfile::tempdir().unwrap();
+            let opened = SqliteStore::open(dir.path()).unwrap();
+            let store = match interval {
+                Some(interval) => opened.with_sync_interval(interval),
+                None => opened,
+            };
+            store.save_definition(&def("a")).unwrap();
+            store.save_definition(&def("b")).unwrap();
+            let record = |id: &str, sequence| LogRecord {
+                experiment_id: id.into(),
+                sequence,
+                unix_ms: 0,
+                entry: LogEntry::Timeout { decision_id: sequence },
+            };
+            store.commit(&[Write::Log(record("a", 1))]).unwrap();
+            store.delete_experiment("a").unwrap();
+            // Calls that were deciding as "a" was deleted: their records must not haunt a new "a", and must
+            // not take the records of "b" committed with them down.
+            let group = [record("b", 1), record("a", 2), record("b", 2), record("a", 3)].map(Write::Log);
+            store.commit(&group).unwrap();
+            store.save_definition(&def("a")).unwrap();
+            assert_eq!(store.load_experiment("a").unwrap().unwrap().log, vec![], "{interval:?}");
+            let b_log = store.load_experiment("b").unwrap().unwrap().log;
+            assert_eq!(b_log, vec![record("b", 1), record("b", 2)], "{interval:?}");
+        }
     }
     fn decision(sequence: u64, features: Vec<f64>) -> LogRecord {
         LogRecord {
