@@ -11,8 +11,9 @@
 //! to storage per record.
 //!
 //! `cargo bench --bench decision_log -- [--seconds N] [--group G] [--data-dir DIR]
-//! [--wal-bound-frames F] [--sync-interval-ms MS]` (MS > 0: records acknowledged once written, synced every
-//! MS ms, as `safebet serve --sync-interval-ms`). The group size (default
+//! [--wal-bound-frames F] [--sync-interval-ms MS] [--f32]` (MS > 0: records acknowledged once written, synced
+//! every MS ms, as `safebet serve --sync-interval-ms`; `--f32`: features logged as floats, as for an experiment
+//! with `feature_precision = "f32"`). The group size (default
 //! 50) is about what 64 concurrent requests gather per commit.
 
 use std::path::PathBuf;
@@ -20,7 +21,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use safebet_engine::{Algorithm, Fallback, FeatureLayout, Layout, PolicyConfig};
-use safebet_service::{DecisionRecord, ExperimentDef, LogEntry, LogRecord, SqliteStore, Store, Write};
+use safebet_service::{
+    DecisionRecord, ExperimentDef, FeaturePrecision, LogEntry, LogRecord, SqliteStore, Store, Write,
+};
 
 const DIM: usize = 32;
 const ACTIONS: usize = 16;
@@ -39,7 +42,7 @@ fn bytes_written() -> Option<u64> {
     io.lines().find_map(|line| line.strip_prefix("write_bytes: ")).and_then(|v| v.trim().parse().ok())
 }
 
-fn decision(sequence: u64, features: &[f64]) -> Write {
+fn decision(sequence: u64, features: &[f64], features_f32: bool) -> Write {
     Write::Log(LogRecord {
         experiment_id: "load".into(),
         sequence,
@@ -50,6 +53,7 @@ fn decision(sequence: u64, features: &[f64]) -> Write {
             client_event_id: false,
             num_actions: ACTIONS,
             features: features.to_vec(),
+            features_f32,
             layout: Some(FeatureLayout::Shared),
             round_action_ids: Vec::new(),
             baseline: (sequence % ACTIONS as u64) as usize,
@@ -78,6 +82,7 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(safebet_service::DEFAULT_WAL_RESTART_FRAMES);
     let mut store = SqliteStore::open_with_wal_bound(dir.path(), wal_bound).expect("store");
+    let features_f32 = std::env::args().any(|a| a == "--f32");
     let sync_interval_ms = option("--sync-interval-ms").and_then(|s| s.parse::<u64>().ok()).filter(|&ms| ms > 0);
     if let Some(ms) = sync_interval_ms {
         store = store.with_sync_interval(Duration::from_millis(ms));
@@ -90,6 +95,7 @@ fn main() {
             action_ids: vec![],
             paused: false,
             created_unix_ms: 0,
+            feature_precision: if features_f32 { FeaturePrecision::F32 } else { FeaturePrecision::F64 },
         })
         .expect("definition");
 
@@ -100,15 +106,18 @@ fn main() {
             (0..DIM * ACTIONS)
                 .map(|_| {
                     state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
-                    (state >> 11) as f64 / (1u64 << 53) as f64 / (DIM as f64).sqrt()
+                    let value = (state >> 11) as f64 / (1u64 << 53) as f64 / (DIM as f64).sqrt();
+                    // An f32 experiment's features arrive rounded (the service rounds them before logging).
+                    if features_f32 { f64::from(value as f32) } else { value }
                 })
                 .collect()
         })
         .collect();
 
     println!(
-        "decision log, SQLite, decision records of {} doubles, groups of {group}, {seconds} s, {}, in {}",
+        "decision log, SQLite, decision records of {} {}, groups of {group}, {seconds} s, {}, in {}",
         DIM * ACTIONS,
+        if features_f32 { "floats" } else { "doubles" },
         sync_interval_ms.map_or("synced before acknowledged".into(), |ms| format!("synced every {ms} ms")),
         dir.path().display()
     );
@@ -123,7 +132,7 @@ fn main() {
         // Building the records is part of what the service does per decision too.
         for _ in 0..group {
             sequence += 1;
-            writes.push(decision(sequence, &pool[sequence as usize % pool.len()]));
+            writes.push(decision(sequence, &pool[sequence as usize % pool.len()], features_f32));
         }
         let commit_started = Instant::now();
         let durable = Arc::new(Mutex::new(None));

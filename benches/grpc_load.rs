@@ -15,7 +15,8 @@
 //! measure what durability costs; `--sync-interval-ms MS` acknowledges log records once written and syncs
 //! them every MS ms (`safebet serve --sync-interval-ms`). `--timeline FILE` writes the open loop's every
 //! request (due time, latency; CSV) to see when the slow ones happened; `--server-threads N` /
-//! `--client-threads N` (default 2 each).
+//! `--client-threads N` (default 2 each); `--f32` creates the experiment with `feature_precision` F32 (features
+//! rounded on arrival, logged as floats).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -313,6 +314,8 @@ fn main() {
     // How the client sends features: `bytes` (features_le, the default) or `packed` (repeated double).
     let packed =
         args.iter().position(|a| a == "--encoding").and_then(|i| args.get(i + 1)).is_some_and(|s| s == "packed");
+    // `--f32`: the experiment keeps its features as f32 (feature_precision F32: half the log).
+    let features_f32 = args.iter().any(|a| a == "--f32");
     let server_runtime = runtime("server", server_threads);
     let listener = server_runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind loopback");
     let address = listener.local_addr().unwrap();
@@ -370,6 +373,8 @@ fn main() {
                     }),
                     // Decisions nobody rewards leave the ledger after 2 s, as in production.
                     reward_timeout_ms: 2000,
+                    feature_precision: if features_f32 { pb::FeaturePrecision::F32 } else { pb::FeaturePrecision::F64 }
+                        as i32,
                     ..Default::default()
                 }),
             })
@@ -393,8 +398,9 @@ fn main() {
         println!(
             "gRPC load, loopback, CLUCB shared d = {DIM}, K = {ACTIONS}, {CONNECTIONS} HTTP/2 connections, \
              server on {server_threads} and client on {client_threads} worker threads, {seconds} s per scenario, \
-             features as {}, store: {}",
+             features as {}{}, store: {}",
             if packed { "packed doubles" } else { "little-endian bytes" },
+            if features_f32 { " (experiment keeps f32)" } else { "" },
             store_name
         );
         // Between scenarios the previous one's unrewarded decisions time out (2 s), so each starts alike.

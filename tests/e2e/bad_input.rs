@@ -50,6 +50,9 @@ async fn bad_decide_and_reward_requests_are_refused_and_change_nothing() {
     create(&mut admin, "known", known).await;
     create(&mut admin, "disjoint", disjoint_spec(pb::Algorithm::Linucb, 3, 4)).await;
     create(&mut admin, "arms", arms_spec(pb::Algorithm::Ucb1, &["a", "b", "c"])).await;
+    let mut compact = shared_spec(pb::Algorithm::Clucb, 3);
+    compact.feature_precision = pb::FeaturePrecision::F32 as i32;
+    create(&mut admin, "compact", compact).await;
 
     let good = per_action("shared", vec![0.1, 0.2, 0.3, 0.3, 0.2, 0.1], 2, 0);
     let rewarded = d.decide(good.clone()).await.unwrap().into_inner();
@@ -132,6 +135,16 @@ async fn bad_decide_and_reward_requests_are_refused_and_change_nothing() {
         d.decide(with_per_action(good.clone(), |p| p.features[0] = f64::INFINITY)).await,
         Code::InvalidArgument,
         "must be finite",
+    );
+    check(
+        "feature beyond float32 for an f32 experiment",
+        d.decide(pb::DecideRequest {
+            experiment_id: "compact".into(),
+            ..with_per_action(good.clone(), |p| p.features[2] = -1e39)
+        })
+        .await,
+        Code::InvalidArgument,
+        "features[2] (action 0, feature 2) is -1e39, beyond float32's range",
     );
     // The same features as little-endian bytes.
     let le = |values: &[f64]| values.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
@@ -524,6 +537,13 @@ async fn bad_admin_requests_are_refused_and_change_nothing() {
             Some(pb::ExperimentSpec { on_timeout: 9, ..base.clone() }),
             Code::InvalidArgument,
             "on_timeout",
+        ),
+        (
+            "feature precision enum",
+            "n".into(),
+            Some(pb::ExperimentSpec { feature_precision: 9, ..base.clone() }),
+            Code::InvalidArgument,
+            "spec.feature_precision 9 is not a known value",
         ),
         (
             "default reward missing",

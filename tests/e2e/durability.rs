@@ -598,6 +598,16 @@ async fn the_log_command_exports_decisions_with_rewards_for_ope() {
     let server = TestServer::start_with(dir.path(), vec![], Limits::default()).await;
     let (mut admin, mut d) = (server.admin().await, server.decisions().await);
     create(&mut admin, "logged", shared_spec(pb::Algorithm::EpsilonGreedy, 2)).await;
+    // An f32 experiment: the log (and the export) hold the features rounded, exactly as it learned from them.
+    let mut compact = shared_spec(pb::Algorithm::Clucb, 2);
+    compact.feature_precision = pb::FeaturePrecision::F32 as i32;
+    let created = create(&mut admin, "compact", compact).await;
+    assert_eq!(created.spec.unwrap().feature_precision, pb::FeaturePrecision::F32 as i32);
+    let compact_rounds: Vec<Vec<f64>> =
+        (0..5).map(|t| vec![0.1 * t as f64, 1.0 / 3.0, -0.7, 1e-3 * t as f64]).collect();
+    for features in &compact_rounds {
+        d.decide(per_action("compact", features.clone(), 2, 0)).await.unwrap();
+    }
     let mut problem = LinearProblem::new(2, 3, 5);
     for t in 0..120 {
         let features = problem.round();
@@ -615,9 +625,17 @@ async fn the_log_command_exports_decisions_with_rewards_for_ope() {
     server.stop().await.unwrap();
     let jsonl = dir.path().join("log.jsonl");
     let csv = dir.path().join("log.csv");
-    export_log(dir.path(), "csv", &[], &csv);
-    let lines = export_log(dir.path(), "jsonl", &[], &jsonl);
+    export_log(dir.path(), "csv", &["--experiment", "logged"], &csv);
+    let lines = export_log(dir.path(), "jsonl", &["--experiment", "logged"], &jsonl);
     assert_eq!(lines.len(), 120);
+    let compact_lines = export_log(dir.path(), "jsonl", &["--experiment", "compact"], &dir.path().join("c.jsonl"));
+    let exported: Vec<Vec<f64>> = compact_lines
+        .iter()
+        .map(|l| l["features"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect())
+        .collect();
+    let rounded: Vec<Vec<f64>> =
+        compact_rounds.iter().map(|x| x.iter().map(|v| f64::from(*v as f32)).collect()).collect();
+    assert_eq!(exported, rounded, "the f32 experiment's features, rounded once");
     assert_eq!(lines.iter().filter(|l| l["reward"].is_null()).count(), 12);
     assert_eq!(lines[0]["features"].as_array().unwrap().len(), 6);
     assert_eq!(std::fs::read_to_string(&csv).unwrap().lines().count(), 121);

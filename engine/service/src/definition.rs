@@ -34,6 +34,27 @@ pub struct ExperimentDef {
     /// Creation time, milliseconds since the Unix epoch (set by the service).
     #[serde(default)]
     pub created_unix_ms: i64,
+    /// The precision features are learned from and logged at.
+    #[serde(default, skip_serializing_if = "FeaturePrecision::is_f64")]
+    pub feature_precision: FeaturePrecision,
+}
+
+/// The precision an experiment's features are learned from and logged at.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FeaturePrecision {
+    /// As given: 8 bytes per value in the log.
+    #[default]
+    F64,
+    /// Rounded to the nearest `f32` on arrival, before the learner sees them, so the log's 4 bytes per value
+    /// hold exactly what was learned from: half the log, for features with no more than `f32`'s precision.
+    F32,
+}
+
+impl FeaturePrecision {
+    fn is_f64(&self) -> bool {
+        *self == FeaturePrecision::F64
+    }
 }
 
 /// An episodic (RL) experiment declared in an experiments file.
@@ -265,6 +286,13 @@ impl ExperimentDef {
             },
             Err(_) => return bad(format!("spec.on_timeout {} is not a known value", spec.on_timeout)),
         };
+        let feature_precision = match pb::FeaturePrecision::try_from(spec.feature_precision) {
+            Ok(pb::FeaturePrecision::F64 | pb::FeaturePrecision::Unspecified) => FeaturePrecision::F64,
+            Ok(pb::FeaturePrecision::F32) => FeaturePrecision::F32,
+            Err(_) => {
+                return bad(format!("spec.feature_precision {} is not a known value", spec.feature_precision));
+            }
+        };
         if spec.on_timeout == pb::OnTimeout::DefaultReward as i32 && spec.reward_timeout_ms == 0 {
             return bad("spec.on_timeout = ON_TIMEOUT_DEFAULT_REWARD needs a reward_timeout_ms > 0".into());
         }
@@ -275,6 +303,7 @@ impl ExperimentDef {
             action_ids,
             paused: false,
             created_unix_ms: 0,
+            feature_precision,
         })
     }
 
@@ -335,6 +364,10 @@ impl ExperimentDef {
                 warmup: Some(g.warmup),
                 cap: Some(g.cap),
             }),
+            feature_precision: match self.feature_precision {
+                FeaturePrecision::F64 => pb::FeaturePrecision::F64,
+                FeaturePrecision::F32 => pb::FeaturePrecision::F32,
+            } as i32,
         }
     }
 
@@ -373,6 +406,7 @@ mod tests {
             on_timeout: pb::OnTimeout::DefaultReward as i32,
             timeout_reward: Some(0.0),
             checkpoint_every: Some(100),
+            feature_precision: pb::FeaturePrecision::F32 as i32,
             ..Default::default()
         };
         let def = ExperimentDef::from_spec("x".into(), spec).unwrap();
@@ -381,6 +415,12 @@ mod tests {
         assert_eq!(def, again);
         assert_eq!(def.policy.alpha, 0.05);
         assert_eq!(def.policy.constraint, Constraint::Checkpoint { every: 100 });
+        assert_eq!(def.feature_precision, FeaturePrecision::F32);
+        // Stored definitions from before the field read as F64, and an F64 one is stored as before.
+        let json = serde_json::to_string(&ExperimentDef { feature_precision: FeaturePrecision::F64, ..def }).unwrap();
+        assert!(!json.contains("feature_precision"), "{json}");
+        let old: ExperimentDef = serde_json::from_str(&json).unwrap();
+        assert_eq!(old.feature_precision, FeaturePrecision::F64);
     }
 
     #[test]
@@ -392,6 +432,11 @@ mod tests {
             policy = { algorithm = "clucb", layout = { kind = "shared", dim = 8 }, alpha = 0.2 }
 
             [[experiment]]
+            id = "compact"
+            feature_precision = "f32"
+            policy = { algorithm = "clucb", layout = { kind = "shared", dim = 8 } }
+
+            [[experiment]]
             id = "arms"
             action_ids = ["red", "green"]
             [experiment.policy]
@@ -399,8 +444,10 @@ mod tests {
             layout = { kind = "arms", actions = 2 }
         "#;
         let file = ExperimentsFile::parse(text).unwrap();
-        assert_eq!(file.experiment.len(), 2);
+        assert_eq!(file.experiment.len(), 3);
         assert_eq!(file.experiment[0].policy.alpha, 0.2);
+        assert_eq!(file.experiment[0].feature_precision, FeaturePrecision::F64);
+        assert_eq!(file.experiment[1].feature_precision, FeaturePrecision::F32);
         for def in &file.experiment {
             def.check(&Limits::default()).unwrap();
         }

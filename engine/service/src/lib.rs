@@ -51,7 +51,7 @@ mod writer;
 pub use admin::AdminApi;
 pub use auth::{KeySpec, Keys, KeysError, Principal, Role, hash_key};
 pub use decision::DecisionApi;
-pub use definition::{EpisodicDef, ExperimentDef, ExperimentsFile};
+pub use definition::{EpisodicDef, ExperimentDef, ExperimentsFile, FeaturePrecision};
 pub use episodes::{EPISODIC_EXPORT_FORMAT, EpisodeApi, EpisodicExperiment, check_episodic};
 pub use error::ServiceError;
 pub use limits::{Limits, MAX_EVENT_ID_LEN, MAX_EXPERIMENT_ID_LEN};

@@ -120,6 +120,10 @@ pub struct DecisionRecord {
     /// The round's features: `num_actions` rows (shared layout), the context (disjoint), empty (arms).
     #[serde(skip)]
     pub features: Vec<f64>,
+    /// Whether `features` are logged as little-endian floats instead of doubles: the experiment's feature
+    /// precision is `f32`, so they were rounded to `f32` before the learner saw them and lose nothing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub features_f32: bool,
     /// How `features` describe the actions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layout: Option<FeatureLayout>,
@@ -162,6 +166,7 @@ impl DecisionRecord {
             client_event_id: self.client_event_id,
             num_actions: self.num_actions,
             features: Vec::new(),
+            features_f32: self.features_f32,
             layout: self.layout,
             round_action_ids: self.round_action_ids.clone(),
             baseline: self.baseline,
@@ -199,6 +204,40 @@ pub fn feature_bytes(values: &[f64]) -> std::borrow::Cow<'_, [u8]> {
     }
 }
 
+/// Appends `values` to `bytes` as little-endian floats (the journal's form of `f32` features: `<f4` in numpy).
+/// Each value must already be an `f32` (see [`round_to_f32`]), or it would be rounded here.
+pub fn encode_features_f32(values: &[f64], bytes: &mut Vec<u8>) {
+    bytes.reserve(values.len() * 4);
+    for v in values {
+        bytes.extend_from_slice(&(*v as f32).to_le_bytes());
+    }
+}
+
+/// Rounds every value to the nearest `f32` in place; `Err(index)` of the first finite value beyond `f32`'s
+/// range (it would become infinite), leaving the values partly rounded.
+pub fn round_to_f32(values: &mut [f64]) -> Result<(), usize> {
+    for (i, v) in values.iter_mut().enumerate() {
+        let rounded = *v as f32;
+        if rounded.is_infinite() && v.is_finite() {
+            return Err(i);
+        }
+        *v = f64::from(rounded);
+    }
+    Ok(())
+}
+
+/// Decodes a decision's logged features: doubles ([`encode_features`]) or, for `f32`, floats
+/// ([`encode_features_f32`]); `None` if the length is not a multiple of the value's size.
+pub fn decode_logged_features(bytes: &[u8], f32: bool) -> Option<Vec<f64>> {
+    if !f32 {
+        return decode_features(bytes);
+    }
+    if !bytes.len().is_multiple_of(4) {
+        return None;
+    }
+    Some(bytes.chunks_exact(4).map(|c| f64::from(f32::from_le_bytes(c.try_into().unwrap_or([0; 4])))).collect())
+}
+
 /// Decodes [`encode_features`]; `None` if the length is not a multiple of 8.
 pub fn decode_features(bytes: &[u8]) -> Option<Vec<f64>> {
     if !bytes.len().is_multiple_of(8) {
@@ -218,5 +257,28 @@ mod tests {
         assert_eq!(values.map(f64::to_bits).to_vec(), decoded.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
         assert_eq!(decode_features(&[0; 7]), None);
         assert_eq!(&*feature_bytes(&values), encode_features(&values).as_slice());
+    }
+
+    #[test]
+    fn f32_features_round_once_and_round_trip_bit_for_bit() {
+        let mut values = vec![0.1, -0.0, 1e-40, -3.5, 1e38, f64::NAN];
+        round_to_f32(&mut values).unwrap();
+        assert_eq!(values[0], f64::from(0.1_f32));
+        assert!(values[5].is_nan(), "NaN stays NaN (the engine rejects it)");
+        let mut bytes = Vec::new();
+        encode_features_f32(&values, &mut bytes);
+        assert_eq!(bytes.len(), 4 * values.len());
+        let decoded = decode_logged_features(&bytes, true).unwrap();
+        let bits = |v: &[f64]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&decoded[..5]), bits(&values[..5]));
+        let mut again = decoded.clone();
+        round_to_f32(&mut again).unwrap();
+        assert_eq!(bits(&again[..5]), bits(&decoded[..5]), "rounding twice changes nothing");
+        assert_eq!(decode_logged_features(&[0; 6], true), None);
+        assert_eq!(decode_logged_features(&encode_features(&[1.5]), false), Some(vec![1.5]));
+        let mut too_big = vec![1.0, -1e39, 1e39];
+        assert_eq!(round_to_f32(&mut too_big), Err(1));
+        let mut infinite = vec![f64::INFINITY];
+        assert_eq!(round_to_f32(&mut infinite), Ok(()), "infinities are the engine's to reject");
     }
 }

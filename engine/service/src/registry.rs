@@ -17,10 +17,10 @@ use safebet_engine::{
 use serde::{Deserialize, Serialize};
 
 use crate::ServiceError;
-use crate::definition::ExperimentDef;
+use crate::definition::{ExperimentDef, FeaturePrecision};
 use crate::episodes::EpisodicExperiment;
 use crate::limits::Limits;
-use crate::log::{DecisionRecord, LogEntry, LogRecord};
+use crate::log::{DecisionRecord, LogEntry, LogRecord, round_to_f32};
 use crate::store::{AuditEntry, Snapshot, StoreError, StoredExperiment, Write, decode_state, encode_state};
 use crate::writer::{Commit, LogWriter};
 
@@ -312,6 +312,8 @@ pub struct Shape {
     pub baseline_known: bool,
     /// How long a decision waits for its reward.
     pub reward_timeout: Option<Duration>,
+    /// Whether features are rounded to `f32` on arrival and logged as such (the experiment's precision).
+    pub features_f32: bool,
 }
 
 impl Shape {
@@ -535,6 +537,7 @@ impl Experiment {
             action_ids: definition.action_ids.clone(),
             baseline_known: definition.policy.baseline_reward == BaselineReward::Known,
             reward_timeout,
+            features_f32: definition.feature_precision == FeaturePrecision::F32,
         };
         Experiment {
             id: definition.id.clone(),
@@ -606,6 +609,16 @@ impl Experiment {
         limits: &Limits,
         now: Instant,
     ) -> Result<(Answer, Commit), ServiceError> {
+        // An f32 experiment learns from, and logs, its features rounded to f32: round a copy first (outside
+        // the lock; the log needs a copy anyway).
+        let rounded = self.rounded_features(input.actions)?;
+        let actions = match (&rounded, input.actions) {
+            (Some(features), ActionSet::PerAction { num_actions, .. }) => {
+                ActionSet::PerAction { features, num_actions }
+            }
+            (Some(context), ActionSet::SharedContext { .. }) => ActionSet::SharedContext { context },
+            _ => input.actions,
+        };
         let mut state = self.lock();
         let state = &mut *state;
         if state.deleted {
@@ -627,11 +640,8 @@ impl Experiment {
                 self.id
             )));
         }
-        let round = Round {
-            actions: input.actions,
-            baseline: input.baseline,
-            baseline_expected_reward: input.baseline_expected_reward,
-        };
+        let round =
+            Round { actions, baseline: input.baseline, baseline_expected_reward: input.baseline_expected_reward };
         let paused = state.definition.paused;
         let decision = if paused { state.policy.decide_baseline(&round) } else { state.policy.decide(&round) }
             .map_err(|e| ServiceError::engine(format!("experiment '{}'", self.id), e))?;
@@ -676,8 +686,12 @@ impl Experiment {
         }
         let commit = if self.writer.is_some() {
             let (features, num_actions) = match input.actions {
-                ActionSet::PerAction { features, num_actions } => (features.to_vec(), num_actions),
-                ActionSet::SharedContext { context } => (context.to_vec(), self.shape.action_ids.len().max(1)),
+                ActionSet::PerAction { features, num_actions } => {
+                    (rounded.unwrap_or_else(|| features.to_vec()), num_actions)
+                }
+                ActionSet::SharedContext { context } => {
+                    (rounded.unwrap_or_else(|| context.to_vec()), self.shape.action_ids.len().max(1))
+                }
                 ActionSet::Arms => (Vec::new(), self.shape.action_ids.len().max(1)),
             };
             let num_actions = match self.shape.layout {
@@ -690,6 +704,7 @@ impl Experiment {
                 client_event_id: input.client_event_id.is_some(),
                 num_actions,
                 features,
+                features_f32: self.shape.features_f32,
                 layout: Some(match self.shape.layout {
                     Layout::Shared { .. } => FeatureLayout::Shared,
                     Layout::Disjoint { .. } => FeatureLayout::Disjoint,
@@ -713,6 +728,24 @@ impl Experiment {
             Commit::done()
         };
         Ok((answer, commit))
+    }
+
+    /// A copy of the round's features rounded to `f32`, for an experiment that keeps them so; `None` otherwise.
+    fn rounded_features(&self, actions: ActionSet<'_>) -> Result<Option<Vec<f64>>, ServiceError> {
+        let features = match actions {
+            _ if !self.shape.features_f32 => return Ok(None),
+            ActionSet::PerAction { features, .. } => features,
+            ActionSet::SharedContext { context } => context,
+            ActionSet::Arms => return Ok(None),
+        };
+        let mut rounded = features.to_vec();
+        match round_to_f32(&mut rounded) {
+            Ok(()) => Ok(Some(rounded)),
+            Err(i) => Err(ServiceError::InvalidArgument(format!(
+                "feature {i} is {:e}, beyond float32's range: experiment '{}' keeps its features as float32",
+                features[i], self.id
+            ))),
+        }
     }
 
     /// Applies the reward of the decision named `event_id` (a client event id, or `#n` for server ids).
@@ -942,6 +975,7 @@ mod tests {
             action_ids: vec![],
             paused: false,
             created_unix_ms: 0,
+            feature_precision: FeaturePrecision::F64,
         }
     }
 
@@ -952,10 +986,22 @@ mod tests {
     /// Runs `rounds` decide/reward pairs on `experiment` (waiting for each commit), returning the answers.
     /// Every third reward is left out, so pending decisions are part of the state.
     fn drive(experiment: &Experiment, from: usize, rounds: usize, k: usize, d: usize) -> Vec<Answer> {
+        drive_with(experiment, from, rounds, k, d, features)
+    }
+
+    /// [`drive`] with the rounds' features from `round_features` (round, k, d).
+    fn drive_with(
+        experiment: &Experiment,
+        from: usize,
+        rounds: usize,
+        k: usize,
+        d: usize,
+        round_features: fn(usize, usize, usize) -> Vec<f64>,
+    ) -> Vec<Answer> {
         let limits = Limits::default();
         (from..from + rounds)
             .map(|t| {
-                let x = features(t, k, d);
+                let x = round_features(t, k, d);
                 let actions = match experiment.shape().layout {
                     Layout::Shared { .. } => ActionSet::PerAction { features: &x, num_actions: k },
                     Layout::Disjoint { .. } => ActionSet::SharedContext { context: &x[..d] },
@@ -1034,6 +1080,70 @@ mod tests {
                 let b = drive(&rebuilt, 60, 30, 4, 4);
                 assert_eq!(a, b, "{context}: diverged after the replay");
             }
+        }
+    }
+
+    #[test]
+    fn an_f32_experiment_learns_from_rounded_features_and_its_log_replays_exactly() {
+        use crate::store::{SqliteStore, Store};
+        for layout in [Layout::Shared { dim: 4 }, Layout::Disjoint { dim: 4, actions: 4 }] {
+            let dir = tempfile::tempdir().unwrap();
+            let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).unwrap());
+            let writer = Arc::new(LogWriter::start(store.clone()));
+            let def =
+                ExperimentDef { feature_precision: FeaturePrecision::F32, ..definition(Algorithm::Clucb, layout) };
+            store.save_definition(&def).unwrap();
+            let compact = Experiment::new(def.clone(), &Limits::default(), Some(writer.clone())).unwrap();
+            let answers = drive(&compact, 0, 40, 4, 4);
+
+            // The same rounds with the features rounded by the caller, on an f64 experiment: the same run.
+            let exact = Experiment::new(definition(Algorithm::Clucb, layout), &Limits::default(), None).unwrap();
+            let rounded_answers = drive_with(&exact, 0, 40, 4, 4, |t, k, d| {
+                let mut x = features(t, k, d);
+                crate::log::round_to_f32(&mut x).unwrap();
+                x
+            });
+            assert_eq!(answers, rounded_answers, "{layout:?}");
+            assert_eq!(policy_json(&compact), policy_json(&exact), "{layout:?}");
+
+            // Out of float32's range: refused, nothing changed.
+            let limits = Limits::default();
+            let before = compact.report();
+            let mut x = features(99, 4, 4);
+            x[1] = -1e39;
+            let actions = match layout {
+                Layout::Shared { .. } => ActionSet::PerAction { features: &x, num_actions: 4 },
+                _ => ActionSet::SharedContext { context: &x[..4] },
+            };
+            let input = DecideInput {
+                client_event_id: None,
+                actions,
+                baseline: 0,
+                baseline_expected_reward: None,
+                round_action_ids: &[],
+            };
+            let refused = compact.decide(&input, &limits, Instant::now()).unwrap_err();
+            assert!(matches!(&refused, ServiceError::InvalidArgument(m) if m.contains("float32")), "{refused:?}");
+            assert_eq!(compact.report(), before);
+            writer.stop();
+
+            // The log holds floats, exactly what was learned from, and replays to the same state.
+            let stored = store.load_experiment("e").unwrap().unwrap();
+            let logged: Vec<&DecisionRecord> = stored
+                .log
+                .iter()
+                .filter_map(|r| match &r.entry {
+                    LogEntry::Decision(d) => Some(&**d),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(logged.len(), 40);
+            for d in &logged {
+                assert!(d.features_f32);
+                assert!(d.features.iter().all(|v| f64::from(*v as f32).to_bits() == v.to_bits()));
+            }
+            let rebuilt = Experiment::rebuild(&stored, &Limits::default(), Instant::now(), None).unwrap();
+            assert_eq!(policy_json(&compact), policy_json(&rebuilt), "{layout:?}: state differs after replay");
         }
     }
 

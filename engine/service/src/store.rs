@@ -26,7 +26,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::definition::ExperimentDef;
 use crate::journal::{FeatureRef, Journal, JournalPosition};
-use crate::log::{DecisionRecord, EpisodeStartRecord, LogEntry, LogRecord, StepRecord, decode_features, feature_bytes};
+use crate::log::{
+    DecisionRecord, EpisodeStartRecord, LogEntry, LogRecord, StepRecord, decode_logged_features, encode_features_f32,
+    feature_bytes,
+};
 
 /// A storage failure. The change that failed was not made.
 #[derive(Debug, thiserror::Error)]
@@ -1090,10 +1093,16 @@ impl LiveExperiments {
 /// features will be (what its row points at; `None` for other writes).
 fn frame_records(journal: &mut Journal, writes: &[Write]) -> Result<Vec<Option<FeatureRef>>, StoreError> {
     let mut feature_refs = Vec::with_capacity(writes.len());
+    let mut floats = Vec::new();
     for write in writes {
         feature_refs.push(match write {
             Write::Log(record) => {
                 let (bytes, decision) = match &record.entry {
+                    LogEntry::Decision(d) if d.features_f32 => {
+                        floats.clear();
+                        encode_features_f32(&d.features, &mut floats);
+                        (std::borrow::Cow::Borrowed(&floats[..]), true)
+                    }
                     LogEntry::Decision(d) => (feature_bytes(&d.features), true),
                     _ => (std::borrow::Cow::Borrowed(&[][..]), false),
                 };
@@ -1290,8 +1299,8 @@ fn record_from_row(row: &rusqlite::Row<'_>, journal: &mut Journal) -> Result<Log
                     journal.read(at).map_err(|e| corrupt(format!("log record {sequence}: {e}")))?
                 }
             };
-            record.features =
-                decode_features(&blob).ok_or_else(|| corrupt(format!("log record {sequence}: bad features")))?;
+            record.features = decode_logged_features(&blob, record.features_f32)
+                .ok_or_else(|| corrupt(format!("log record {sequence}: bad features")))?;
             LogEntry::Decision(Box::new(record))
         }
         "reward" => LogEntry::Reward {
@@ -1418,6 +1427,7 @@ mod tests {
             action_ids: vec![],
             paused: false,
             created_unix_ms: 7,
+            feature_precision: crate::FeaturePrecision::F64,
         }
     }
 
@@ -1528,6 +1538,16 @@ mod tests {
             assert_eq!(b_log, vec![record("b", 1), record("b", 2)], "{interval:?}");
         }
     }
+    /// A decision of an f32 experiment: its features rounded to f32, logged as floats.
+    fn decision_f32(sequence: u64, mut features: Vec<f64>) -> LogRecord {
+        crate::log::round_to_f32(&mut features).unwrap();
+        let mut record = decision(sequence, features);
+        if let LogEntry::Decision(d) = &mut record.entry {
+            d.features_f32 = true;
+        }
+        record
+    }
+
     fn decision(sequence: u64, features: Vec<f64>) -> LogRecord {
         LogRecord {
             experiment_id: "a".into(),
@@ -1539,6 +1559,7 @@ mod tests {
                 client_event_id: false,
                 num_actions: 2,
                 features,
+                features_f32: false,
                 layout: Some(safebet_engine::FeatureLayout::Shared),
                 round_action_ids: Vec::new(),
                 baseline: 0,
@@ -1559,8 +1580,12 @@ mod tests {
     #[test]
     fn decision_features_live_in_the_journal_and_survive_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
+        // Doubles, and every third record floats (an f32 experiment's: 4 bytes a value in the journal).
         let records: Vec<LogRecord> = (1..=20)
-            .map(|i| decision(i, vec![i as f64, -0.0, f64::MIN_POSITIVE / 2.0, 1e300, 0.1, -(i as f64)]))
+            .map(|i| match i % 3 {
+                0 => decision_f32(i, vec![i as f64, -0.0, 1e-40, 3e38, 0.1, -(i as f64)]),
+                _ => decision(i, vec![i as f64, -0.0, f64::MIN_POSITIVE / 2.0, 1e300, 0.1, -(i as f64)]),
+            })
             .collect();
         {
             let store = SqliteStore::open(dir.path()).unwrap();
@@ -1576,7 +1601,8 @@ mod tests {
             assert_eq!(inline, 0, "no feature bytes in the rows");
             // Each record framed once in the journal: its features plus a header and the row's fields.
             let bytes = store.journal_bytes_on_disk().unwrap();
-            assert!((20 * 6 * 8..20 * (6 * 8 + 1024)).contains(&bytes), "{bytes} bytes");
+            let feature_bytes = 14 * 6 * 8 + 6 * 6 * 4;
+            assert!((feature_bytes..feature_bytes + 20 * 1024).contains(&bytes), "{bytes} bytes");
         }
         let store = SqliteStore::open(dir.path()).unwrap();
         let loaded = store.load_experiment("a").unwrap().unwrap().log;
@@ -1756,7 +1782,7 @@ mod tests {
         // taking the rows and the position back by hand.
         let dir = tempfile::tempdir().unwrap();
         let records =
-            vec![decision(1, vec![1.0, 2.0]), reward(2, 1, 0.5), decision(3, vec![-0.0, 1e300]), reward(4, 3, 0.25)];
+            vec![decision(1, vec![1.0, 2.0]), reward(2, 1, 0.5), decision_f32(3, vec![-0.0, 0.1]), reward(4, 3, 0.25)];
         {
             let store = SqliteStore::open(dir.path()).unwrap();
             store.save_definition(&def("a")).unwrap();
