@@ -9,8 +9,8 @@
 //!
 //! `cargo bench --bench grpc_load` (add `-- --seconds 10` for longer runs, `--only unary|open|batch` for one
 //! scenario). Prints decisions/s, latency p50/p99/p99.9 and the CPU time (client + server) per decision for
-//! each scenario. Features travel as little-endian bytes (`features_le`); `--encoding packed` sends them as
-//! `repeated double` instead. By default every decision goes through the durable decision log (group commit,
+//! each scenario. Features travel as little-endian doubles (`features_le`); `--encoding packed` sends them as
+//! `repeated double` instead, `--encoding f32` as little-endian floats (`features_f32_le`). By default every decision goes through the durable decision log (group commit,
 //! fsync) in a temporary directory under `--data-dir DIR` (default `.`); `--store memory` logs nothing, to
 //! measure what durability costs; `--sync-interval-ms MS` acknowledges log records once written and syncs
 //! them every MS ms (`safebet serve --sync-interval-ms`). `--timeline FILE` writes the open loop's every
@@ -60,8 +60,16 @@ fn stream(seed: u64) -> impl FnMut() -> f64 {
     }
 }
 
-/// A pool of distinct requests; features of norm <= 1, as packed doubles or as little-endian bytes.
-fn requests(n: usize, as_bytes: bool) -> Arc<Vec<pb::DecideRequest>> {
+/// How the client sends features: `repeated double`, little-endian doubles or little-endian floats.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Encoding {
+    Packed,
+    Bytes,
+    Floats,
+}
+
+/// A pool of distinct requests; features of norm <= 1, encoded as `encoding` says.
+fn requests(n: usize, encoding: Encoding) -> Arc<Vec<pb::DecideRequest>> {
     let mut uniform = stream(42);
     let scale = 1.0 / (DIM as f64).sqrt();
     Arc::new(
@@ -71,10 +79,14 @@ fn requests(n: usize, as_bytes: bool) -> Arc<Vec<pb::DecideRequest>> {
                 actions: Some(pb::decide_request::Actions::PerAction({
                     let features: Vec<f64> = (0..DIM * ACTIONS).map(|_| uniform() * scale).collect();
                     let mut actions = pb::PerActionFeatures { num_actions: ACTIONS as u32, ..Default::default() };
-                    if as_bytes {
-                        actions.features_le = features.iter().flat_map(|v| v.to_le_bytes()).collect();
-                    } else {
-                        actions.features = features;
+                    match encoding {
+                        Encoding::Packed => actions.features = features,
+                        Encoding::Bytes => {
+                            actions.features_le = features.iter().flat_map(|v| v.to_le_bytes()).collect()
+                        }
+                        Encoding::Floats => {
+                            actions.features_f32_le = features.iter().flat_map(|v| (*v as f32).to_le_bytes()).collect()
+                        }
                     }
                     actions
                 })),
@@ -311,9 +323,13 @@ fn main() {
         args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).and_then(|s| s.parse().ok()).unwrap_or(2)
     };
     let (server_threads, client_threads) = (threads("--server-threads"), threads("--client-threads"));
-    // How the client sends features: `bytes` (features_le, the default) or `packed` (repeated double).
-    let packed =
-        args.iter().position(|a| a == "--encoding").and_then(|i| args.get(i + 1)).is_some_and(|s| s == "packed");
+    // How the client sends features: `bytes` (features_le, the default), `packed` (repeated double) or `f32`
+    // (features_f32_le).
+    let encoding = match args.iter().position(|a| a == "--encoding").and_then(|i| args.get(i + 1)).map(String::as_str) {
+        Some("packed") => Encoding::Packed,
+        Some("f32") => Encoding::Floats,
+        _ => Encoding::Bytes,
+    };
     // `--f32`: the experiment keeps its features as f32 (feature_precision F32: half the log).
     let features_f32 = args.iter().any(|a| a == "--f32");
     let server_runtime = runtime("server", server_threads);
@@ -380,7 +396,7 @@ fn main() {
             })
             .await
             .expect("create experiment");
-        let pool = requests(1024, !packed);
+        let pool = requests(1024, encoding);
         // Warm the learner up with rewarded rounds, so the measured decisions run the full safety check.
         let mut client = DecisionServiceClient::new(channels[0].clone());
         let mut uniform = stream(7);
@@ -399,7 +415,11 @@ fn main() {
             "gRPC load, loopback, CLUCB shared d = {DIM}, K = {ACTIONS}, {CONNECTIONS} HTTP/2 connections, \
              server on {server_threads} and client on {client_threads} worker threads, {seconds} s per scenario, \
              features as {}{}, store: {}",
-            if packed { "packed doubles" } else { "little-endian bytes" },
+            match encoding {
+                Encoding::Packed => "packed doubles",
+                Encoding::Bytes => "little-endian doubles",
+                Encoding::Floats => "little-endian floats",
+            },
             if features_f32 { " (experiment keeps f32)" } else { "" },
             store_name
         );

@@ -186,6 +186,39 @@ async fn bad_decide_and_reward_requests_are_refused_and_change_nothing() {
         Code::InvalidArgument,
         "features_le[0] (action 0, feature 0) is -inf",
     );
+    // As little-endian floats.
+    let le32 = |values: &[f64]| values.iter().flat_map(|v| (*v as f32).to_le_bytes()).collect::<Vec<u8>>();
+    let as_floats = |edit: &dyn Fn(&mut Vec<u8>)| {
+        with_per_action(good.clone(), |p| {
+            p.features_f32_le = le32(&p.features);
+            p.features.clear();
+            edit(&mut p.features_f32_le);
+        })
+    };
+    check(
+        "ragged floats",
+        d.decide(as_floats(&|b| b.truncate(13))).await,
+        Code::InvalidArgument,
+        "features_f32_le has 13 bytes, not a whole number of 4-byte",
+    );
+    check(
+        "floats dimension",
+        d.decide(as_floats(&|b| b.truncate(20))).await,
+        Code::InvalidArgument,
+        "wrong dimension: per_action.features_f32_le has 5 values",
+    );
+    check(
+        "NaN in floats",
+        d.decide(as_floats(&|b| b[12..16].copy_from_slice(&f32::NAN.to_le_bytes()))).await,
+        Code::InvalidArgument,
+        "per_action.features_f32_le[3] (action 1, feature 0) is NaN",
+    );
+    check(
+        "doubles and floats",
+        d.decide(with_per_action(as_bytes(&|_| {}), |p| p.features_f32_le = le32(&good_features))).await,
+        Code::InvalidArgument,
+        "both per_action.features_le and per_action.features_f32_le are set",
+    );
     check(
         "action ids count",
         d.decide(with_per_action(good.clone(), |p| p.action_ids = vec!["x".into()])).await,
@@ -303,12 +336,42 @@ async fn bad_decide_and_reward_requests_are_refused_and_change_nothing() {
     check(
         "context twice",
         d.decide(pb::DecideRequest {
-            actions: Some(Actions::SharedContext(pb::SharedContext { context: vec![0.1; 3], context_le: vec![0; 24] })),
+            actions: Some(Actions::SharedContext(pb::SharedContext {
+                context: vec![0.1; 3],
+                context_le: vec![0; 24],
+                ..Default::default()
+            })),
             ..context(vec![])
         })
         .await,
         Code::InvalidArgument,
         "both shared_context.context and shared_context.context_le",
+    );
+    check(
+        "context floats ragged",
+        d.decide(pb::DecideRequest {
+            actions: Some(Actions::SharedContext(pb::SharedContext {
+                context_f32_le: vec![0; 10],
+                ..Default::default()
+            })),
+            ..context(vec![])
+        })
+        .await,
+        Code::InvalidArgument,
+        "shared_context.context_f32_le has 10 bytes, not a whole number of 4-byte",
+    );
+    check(
+        "context floats infinite",
+        d.decide(pb::DecideRequest {
+            actions: Some(Actions::SharedContext(pb::SharedContext {
+                context_f32_le: [0.5_f32, f32::INFINITY, 0.5].iter().flat_map(|v| v.to_le_bytes()).collect(),
+                ..Default::default()
+            })),
+            ..context(vec![])
+        })
+        .await,
+        Code::InvalidArgument,
+        "shared_context.context_f32_le[1] is inf",
     );
     check(
         "disjoint baseline",

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use safebet_proto as pb;
+use safebet_proto::decide_request::Actions;
 use safebet_proto::decision_service_client::DecisionServiceClient;
 use safebet_proto::experiment_admin_client::ExperimentAdminClient;
 use safebet_service::{
@@ -605,8 +606,14 @@ async fn the_log_command_exports_decisions_with_rewards_for_ope() {
     assert_eq!(created.spec.unwrap().feature_precision, pb::FeaturePrecision::F32 as i32);
     let compact_rounds: Vec<Vec<f64>> =
         (0..5).map(|t| vec![0.1 * t as f64, 1.0 / 3.0, -0.7, 1e-3 * t as f64]).collect();
-    for features in &compact_rounds {
-        d.decide(per_action("compact", features.clone(), 2, 0)).await.unwrap();
+    for (t, features) in compact_rounds.iter().enumerate() {
+        let mut request = per_action("compact", features.clone(), 2, 0);
+        if let (1, Some(Actions::PerAction(p))) = (t % 2, request.actions.as_mut()) {
+            // Every other round as floats on the wire, as a caller with float32 features would send them.
+            p.features_f32_le = p.features.iter().flat_map(|v| (*v as f32).to_le_bytes()).collect();
+            p.features.clear();
+        }
+        d.decide(request).await.unwrap();
     }
     let mut problem = LinearProblem::new(2, 3, 5);
     for t in 0..120 {

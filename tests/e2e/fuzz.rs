@@ -7,6 +7,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use prost::Message;
 use safebet_proto as pb;
+use safebet_proto::decide_request::Actions;
 use safebet_proto::decision_service_client::DecisionServiceClient;
 use safebet_proto::episode_service_client::EpisodeServiceClient;
 use safebet_proto::experiment_admin_client::ExperimentAdminClient;
@@ -143,13 +144,29 @@ fn any_id() -> impl Strategy<Value = String> {
 
 /// Structured requests: the right shapes with hostile values.
 fn structured() -> impl Strategy<Value = Fuzzed> {
-    let decide = (any_id(), prop::collection::vec(any_float(), 0..40), 0u32..20, 0u32..20, ".{0,5}").prop_map(
-        |(experiment_id, features, num_actions, baseline, event)| {
+    // Features as packed doubles, little-endian doubles or little-endian floats, possibly cut short.
+    let decide = (any_id(), prop::collection::vec(any_float(), 0..40), 0u32..20, 0u32..20, ".{0,5}", 0u8..3, 0usize..4)
+        .prop_map(|(experiment_id, features, num_actions, baseline, event, encoding, cut)| {
             let mut request = per_action(&experiment_id, features, num_actions, baseline);
             request.client_event_id = event;
+            if let Some(Actions::PerAction(p)) = request.actions.as_mut() {
+                let mut bytes: Vec<u8> = match encoding {
+                    1 => p.features.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                    2 => p.features.iter().flat_map(|v| (*v as f32).to_le_bytes()).collect(),
+                    _ => Vec::new(),
+                };
+                bytes.truncate(bytes.len().saturating_sub(cut));
+                match encoding {
+                    1 => p.features_le = bytes,
+                    2 => p.features_f32_le = bytes,
+                    _ => {}
+                }
+                if encoding != 0 {
+                    p.features.clear();
+                }
+            }
             Fuzzed::Decide(request)
-        },
-    );
+        });
     let reward =
         (any_id(), prop_oneof![Just("#0".to_string()), Just("#18446744073709551615".into()), ".{0,12}"], any_float())
             .prop_map(|(experiment, event, value)| Fuzzed::Reward(reward(&experiment, &event, value)));
@@ -222,7 +239,10 @@ fn fuzzed_requests_never_break_the_service_and_rejections_change_nothing() {
     let (server, clients) = runtime.block_on(async {
         let server = TestServer::start().await;
         let mut admin = server.admin().await;
-        create(&mut admin, "f", shared_spec(pb::Algorithm::Clucb, 2)).await;
+        // Features kept as f32, so hostile doubles also meet the float32 range check.
+        let mut spec = shared_spec(pb::Algorithm::Clucb, 2);
+        spec.feature_precision = pb::FeaturePrecision::F32 as i32;
+        create(&mut admin, "f", spec).await;
         let mut episodes = EpisodeServiceClient::new(server.channel().await);
         let spec = pb::EpisodicSpec {
             algorithm: pb::RlAlgorithm::ConservativeUcbvi as i32,

@@ -39,8 +39,8 @@ impl DecisionApi {
     ) -> Result<(pb::DecideResponse, Commit), ServiceError> {
         let limits = self.registry.limits();
         let experiment = self.experiment(&request.experiment_id, cached)?;
-        let mut unaligned = Vec::new();
-        let input = decide_input(&experiment, request, limits, &mut unaligned)?;
+        let mut scratch = Vec::new();
+        let input = decide_input(&experiment, request, limits, &mut scratch)?;
         let (answer, commit) = experiment.decide(&input, limits, now)?;
         Ok((to_response(answer), commit))
     }
@@ -260,22 +260,41 @@ fn check_f32_range(experiment: &Experiment, field: &str, values: &[f64], dim: us
     }
 }
 
-/// The doubles of a repeated-double field or of its little-endian `bytes` twin, with the name of the one given.
-/// The bytes are read in place when they are 8-byte aligned (as an allocator returns them) on a little-endian
-/// machine, and copied into `unaligned` otherwise.
+/// The doubles of a repeated-double field or of one of its little-endian `bytes` twins (doubles or floats),
+/// with the name of the one given. Doubles are read in place when they are 8-byte aligned (as an allocator
+/// returns them) on a little-endian machine, and copied into `scratch` otherwise; floats are widened into it.
 fn doubles<'a>(
     packed: (&'static str, &'a [f64]),
     little_endian: (&'static str, &'a [u8]),
-    unaligned: &'a mut Vec<f64>,
+    floats: (&'static str, &'a [u8]),
+    scratch: &'a mut Vec<f64>,
 ) -> Result<(&'static str, &'a [f64]), ServiceError> {
-    let ((packed_name, packed), (bytes_name, bytes)) = (packed, little_endian);
+    let ((packed_name, packed), (bytes_name, bytes), (floats_name, floats)) = (packed, little_endian, floats);
+    let set = [!packed.is_empty(), !bytes.is_empty(), !floats.is_empty()];
+    if set.iter().filter(|&&set| set).count() > 1 {
+        let names = [packed_name, bytes_name, floats_name];
+        let given = match names.into_iter().zip(set).filter_map(|(name, set)| set.then_some(name)).collect::<Vec<_>>()[..]
+        {
+            [a, b] => format!("both {a} and {b} are"),
+            _ => format!("{packed_name}, {bytes_name} and {floats_name} are all"),
+        };
+        return Err(ServiceError::InvalidArgument(format!(
+            "{given} set: give the values once, in one of {packed_name}, {bytes_name} or {floats_name}"
+        )));
+    }
+    if !floats.is_empty() {
+        if !floats.len().is_multiple_of(4) {
+            return Err(ServiceError::InvalidArgument(format!(
+                "{floats_name} has {} bytes, not a whole number of 4-byte little-endian floats",
+                floats.len()
+            )));
+        }
+        scratch.clear();
+        scratch.extend(floats.chunks_exact(4).map(|c| f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]]))));
+        return Ok((floats_name, scratch));
+    }
     if bytes.is_empty() {
         return Ok((packed_name, packed));
-    }
-    if !packed.is_empty() {
-        return Err(ServiceError::InvalidArgument(format!(
-            "both {packed_name} and {bytes_name} are set: give the values once, in one of them"
-        )));
     }
     if !bytes.len().is_multiple_of(8) {
         return Err(ServiceError::InvalidArgument(format!(
@@ -288,19 +307,18 @@ fn doubles<'a>(
     {
         return Ok((bytes_name, values));
     }
-    unaligned.clear();
-    unaligned
-        .extend(bytes.chunks_exact(8).map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])));
-    Ok((bytes_name, unaligned))
+    scratch.clear();
+    scratch.extend(bytes.chunks_exact(8).map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])));
+    Ok((bytes_name, scratch))
 }
 
 /// Checks a Decide request against its experiment's shape and the limits, borrowing its features (or copying
-/// them into `unaligned` when they came as misaligned bytes).
+/// them into `scratch` when they came as misaligned bytes or as floats).
 fn decide_input<'a>(
     experiment: &Experiment,
     request: &'a pb::DecideRequest,
     limits: &Limits,
-    unaligned: &'a mut Vec<f64>,
+    scratch: &'a mut Vec<f64>,
 ) -> Result<DecideInput<'a>, ServiceError> {
     let shape = experiment.shape();
     let client_event_id = match request.client_event_id.as_str() {
@@ -334,7 +352,8 @@ fn decide_input<'a>(
                 let (field, features) = doubles(
                     ("per_action.features", &p.features),
                     ("per_action.features_le", &p.features_le),
-                    unaligned,
+                    ("per_action.features_f32_le", &p.features_f32_le),
+                    scratch,
                 )?;
                 let expected = k * dim;
                 if features.len() != expected {
@@ -360,7 +379,8 @@ fn decide_input<'a>(
                 let (field, context) = doubles(
                     ("shared_context.context", &c.context),
                     ("shared_context.context_le", &c.context_le),
-                    unaligned,
+                    ("shared_context.context_f32_le", &c.context_f32_le),
+                    scratch,
                 )?;
                 if context.len() != dim {
                     return Err(ServiceError::InvalidArgument(format!(
@@ -473,13 +493,30 @@ mod tests {
         for offset in 0..8 {
             let mut shifted = vec![0u8; offset];
             shifted.extend(&buffer[1..33]);
-            let mut unaligned = Vec::new();
-            let (name, read) = doubles(("f", &[]), ("f_le", &shifted[offset..]), &mut unaligned).unwrap();
+            let mut scratch = Vec::new();
+            let (name, read) = doubles(("f", &[]), ("f_le", &shifted[offset..]), ("f_f32", &[]), &mut scratch).unwrap();
             assert_eq!(name, "f_le");
             assert_eq!(read.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), values.map(f64::to_bits));
         }
-        let mut unaligned = Vec::new();
-        let (name, read) = doubles(("f", &values), ("f_le", &[]), &mut unaligned).unwrap();
+        let mut scratch = Vec::new();
+        let (name, read) = doubles(("f", &values), ("f_le", &[]), ("f_f32", &[]), &mut scratch).unwrap();
         assert_eq!((name, read), ("f", &values[..]));
+    }
+
+    #[test]
+    fn floats_widen_exactly_and_one_encoding_is_given() {
+        let floats = [0.1_f32, -0.0, f32::MIN_POSITIVE, 3e38, f32::NAN];
+        let bytes: Vec<u8> = floats.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let mut scratch = Vec::new();
+        let (name, read) = doubles(("f", &[]), ("f_le", &[]), ("f_f32", &bytes), &mut scratch).unwrap();
+        assert_eq!(name, "f_f32");
+        let widened: Vec<u64> = floats.iter().map(|v| f64::from(*v).to_bits()).collect();
+        assert_eq!(read.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), widened);
+        let ragged = doubles(("f", &[]), ("f_le", &[]), ("f_f32", &bytes[..7]), &mut scratch).unwrap_err();
+        assert!(ragged.to_string().contains("f_f32 has 7 bytes, not a whole number of 4-byte"), "{ragged}");
+        let twice = doubles(("f", &[1.0]), ("f_le", &[]), ("f_f32", &bytes), &mut scratch).unwrap_err();
+        assert!(twice.to_string().contains("both f and f_f32 are set"), "{twice}");
+        let thrice = doubles(("f", &[1.0]), ("f_le", &[0; 8]), ("f_f32", &bytes), &mut scratch).unwrap_err();
+        assert!(thrice.to_string().contains("f, f_le and f_f32 are all set"), "{thrice}");
     }
 }
