@@ -172,17 +172,16 @@ impl Journal {
         Ok(files)
     }
 
-    /// Queues a frame (the payload `encode` writes, then `features`) for the next [`Journal::sync`] and
-    /// says where its features will be. A group's frames all go to one file; a new file is started only at
-    /// the first append of a group.
+    /// Queues a frame (the payload `encode` writes, then the features `features` appends) for the next
+    /// [`Journal::sync`] and says where its features will be. Both write straight into the group's buffer (no
+    /// copy in between). A group's frames all go to one file; a new file is started only at the first append
+    /// of a group.
     pub fn append_frame(
         &mut self,
         encode: &mut dyn FnMut(&mut Vec<u8>) -> Result<(), String>,
-        features: &[u8],
+        features: &mut dyn FnMut(&mut Vec<u8>),
     ) -> io::Result<FeatureRef> {
         debug_assert!(self.in_flight.is_none(), "append while a sync is in flight");
-        let length = u32::try_from(features.len())
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "features of 4 GiB or more"))?;
         if self.pending.is_empty() {
             self.roll_if_needed()?;
         }
@@ -196,17 +195,22 @@ impl Journal {
             self.pending.truncate(start);
             return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("cannot frame a log record: {reason}")));
         }
-        let features_crc = crc32fast::hash(features);
+        let features_at = self.pending.len();
+        features(&mut self.pending);
+        let Ok(length) = u32::try_from(self.pending.len() - features_at) else {
+            self.pending.truncate(start);
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "features of 4 GiB or more"));
+        };
+        let features_crc = crc32fast::hash(&self.pending[features_at..]);
         let header = &mut self.pending[start..start + FRAME_HEADER];
         header[0..4].copy_from_slice(&FRAME_MAGIC);
         header[4..8].copy_from_slice(&(payload as u32).to_le_bytes());
         header[8..12].copy_from_slice(&length.to_le_bytes());
         header[12..16].copy_from_slice(&features_crc.to_le_bytes());
-        let header_crc = frame_crc(&self.pending[start..start + 16], &self.pending[start + FRAME_HEADER..]);
+        let header_crc = frame_crc(&self.pending[start..start + 16], &self.pending[start + FRAME_HEADER..features_at]);
         self.pending[start + 16..start + FRAME_HEADER].copy_from_slice(&header_crc.to_le_bytes());
         let active = self.active.as_ref().expect("roll_if_needed opened a file");
-        let offset = active.length + self.pending.len() as u64;
-        self.pending.extend_from_slice(features);
+        let offset = active.length + features_at as u64;
         Ok(FeatureRef { file: active.number, offset, length, crc32: features_crc })
     }
 
@@ -598,7 +602,7 @@ mod tests {
                     buffer.extend_from_slice(payload);
                     Ok(())
                 },
-                features,
+                &mut |buffer| buffer.extend_from_slice(features),
             )
             .unwrap()
     }

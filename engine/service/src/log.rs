@@ -207,9 +207,11 @@ pub fn feature_bytes(values: &[f64]) -> std::borrow::Cow<'_, [u8]> {
 /// Appends `values` to `bytes` as little-endian floats (the journal's form of `f32` features: `<f4` in numpy).
 /// Each value must already be an `f32` (see [`round_to_f32`]), or it would be rounded here.
 pub fn encode_features_f32(values: &[f64], bytes: &mut Vec<u8>) {
-    bytes.reserve(values.len() * 4);
-    for v in values {
-        bytes.extend_from_slice(&(*v as f32).to_le_bytes());
+    let start = bytes.len();
+    bytes.resize(start + values.len() * 4, 0);
+    // Fixed-size chunks, so the narrowing and the stores vectorise.
+    for (out, v) in bytes[start..].chunks_exact_mut(4).zip(values) {
+        out.copy_from_slice(&(*v as f32).to_le_bytes());
     }
 }
 

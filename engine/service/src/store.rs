@@ -1093,21 +1093,24 @@ impl LiveExperiments {
 /// features will be (what its row points at; `None` for other writes).
 fn frame_records(journal: &mut Journal, writes: &[Write]) -> Result<Vec<Option<FeatureRef>>, StoreError> {
     let mut feature_refs = Vec::with_capacity(writes.len());
-    let mut floats = Vec::new();
     for write in writes {
         feature_refs.push(match write {
             Write::Log(record) => {
-                let (bytes, decision) = match &record.entry {
+                let encode = &mut |buffer: &mut Vec<u8>| encode_journal_record(buffer, record);
+                match &record.entry {
                     LogEntry::Decision(d) if d.features_f32 => {
-                        floats.clear();
-                        encode_features_f32(&d.features, &mut floats);
-                        (std::borrow::Cow::Borrowed(&floats[..]), true)
+                        Some(journal.append_frame(encode, &mut |buffer| encode_features_f32(&d.features, buffer))?)
                     }
-                    LogEntry::Decision(d) => (feature_bytes(&d.features), true),
-                    _ => (std::borrow::Cow::Borrowed(&[][..]), false),
-                };
-                let at = journal.append_frame(&mut |buffer| encode_journal_record(buffer, record), &bytes)?;
-                decision.then_some(at)
+                    LogEntry::Decision(d) => {
+                        Some(journal.append_frame(encode, &mut |buffer| {
+                            buffer.extend_from_slice(&feature_bytes(&d.features))
+                        })?)
+                    }
+                    _ => {
+                        journal.append_frame(encode, &mut |_| {})?;
+                        None
+                    }
+                }
             }
             _ => None,
         });
