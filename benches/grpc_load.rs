@@ -15,7 +15,8 @@
 //! measure what durability costs; `--sync-interval-ms MS` acknowledges log records once written and syncs
 //! them every MS ms (`safebet serve --sync-interval-ms`). `--timeline FILE` writes the open loop's every
 //! request (due time, latency; CSV) to see when the slow ones happened; `--server-threads N` /
-//! `--client-threads N` (default 2 each); `--f32` creates the experiment with `feature_precision` F32 (features
+//! `--client-threads N` (default 2 each); `--snapshot-interval-s S` snapshots every S s instead of every 30 s
+//! (each snapshot encodes the experiment's pending decisions); `--f32` creates the experiment with `feature_precision` F32 (features
 //! rounded on arrival, logged as floats).
 
 use std::sync::Arc;
@@ -330,6 +331,13 @@ fn main() {
         Some("f32") => Encoding::Floats,
         _ => Encoding::Bytes,
     };
+    // `--snapshot-interval-s S`: snapshot every S seconds instead of the service's 30 (to see what one costs).
+    let snapshot_interval_s = args
+        .iter()
+        .position(|a| a == "--snapshot-interval-s")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|s| s.parse::<f64>().ok())
+        .filter(|&s| s > 0.0);
     // `--f32`: the experiment keeps its features as f32 (feature_precision F32: half the log).
     let features_f32 = args.iter().any(|a| a == "--f32");
     let server_runtime = runtime("server", server_threads);
@@ -358,7 +366,13 @@ fn main() {
         async move {
             let _ = stopped.await;
         },
-        ServeOptions::new(store),
+        {
+            let mut options = ServeOptions::new(store);
+            if let Some(seconds) = snapshot_interval_s {
+                options.snapshot_interval = Duration::from_secs_f64(seconds);
+            }
+            options
+        },
     ));
 
     let client_runtime = runtime("client", client_threads);
