@@ -44,6 +44,7 @@ mod log;
 mod registry;
 mod request_id;
 mod server;
+mod snapshot_files;
 mod store;
 mod telemetry;
 mod writer;

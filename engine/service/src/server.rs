@@ -185,30 +185,49 @@ async fn flush(registry: &Registry, store: &Arc<dyn Store>, compact: bool) -> Re
         return Ok(0);
     }
     // Cloning and encoding a state with many pending decisions takes tens of milliseconds (73 ms for 200,000
-    // of them): on a blocking thread, not on a runtime worker whose queued requests would wait behind it.
-    let (bandits, episodic_experiments) = (registry.list(), registry.list_episodic());
+    // of them), and the store may write a large one to a file of its own (stage_snapshot): on a blocking
+    // thread, not on a runtime worker whose queued requests would wait behind it.
+    let (bandits, episodic_experiments, staging) = (registry.list(), registry.list_episodic(), store.clone());
     let taking = tokio::task::spawn_blocking(move || {
-        let episodic: Vec<_> =
-            episodic_experiments.into_iter().filter_map(|e| e.snapshot(false).map(|s| (e, s))).collect();
-        let taken: Vec<_> = bandits.into_iter().filter_map(|e| e.snapshot(false).map(|s| (e, s))).collect();
-        (taken, episodic)
+        let stage =
+            |(snapshot, revision): (Snapshot, u64)| Ok::<_, StoreError>((staging.stage_snapshot(snapshot)?, revision));
+        let mut episodic = Vec::new();
+        for experiment in episodic_experiments {
+            if let Some(taken) = experiment.snapshot(false) {
+                episodic.push((experiment, stage(taken)?));
+            }
+        }
+        let mut taken = Vec::new();
+        for experiment in bandits {
+            if let Some(snapshot) = experiment.snapshot(false) {
+                taken.push((experiment, stage(snapshot)?));
+            }
+        }
+        Ok::<_, StoreError>((taken, episodic))
     });
     let (taken, episodic) = match taking.await {
-        Ok(snapshots) => snapshots,
+        Ok(snapshots) => snapshots?,
         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
         Err(_) => return Err(StoreError::ShuttingDown.into()),
     };
     let episodic_count = episodic.len();
+    // (experiment, sequence) of the snapshots committed: their older staged states may go.
+    let mut committed = Vec::new();
     if let Some(writer) = registry.writer() {
         for (experiment, (snapshot, revision)) in episodic {
+            committed.push((snapshot.experiment_id.clone(), snapshot.sequence));
             writer.submit(Write::Snapshot { snapshot, compact }).wait().await.map_err(ServiceError::Unavailable)?;
             experiment.mark_flushed(revision);
         }
     }
     if taken.is_empty() {
+        forget_older_snapshots(store, committed).await;
         return Ok(episodic_count);
     }
-    let revisions: Vec<_> = taken.iter().map(|(experiment, (_, revision))| (experiment.clone(), *revision)).collect();
+    let revisions: Vec<_> = taken
+        .iter()
+        .map(|(experiment, (snapshot, revision))| (experiment.clone(), *revision, snapshot.sequence))
+        .collect();
     let snapshots: Vec<Snapshot> = taken.into_iter().map(|(_, (snapshot, _))| snapshot).collect();
     match registry.writer() {
         Some(writer) => {
@@ -221,10 +240,26 @@ async fn flush(registry: &Registry, store: &Arc<dyn Store>, compact: bool) -> Re
         }
         None => blocking(store, move |store| store.save_snapshots(&snapshots)).await?,
     }
-    for (experiment, revision) in &revisions {
+    for (experiment, revision, sequence) in &revisions {
         experiment.mark_flushed(*revision);
+        committed.push((experiment.id().to_owned(), *sequence));
     }
+    forget_older_snapshots(store, committed).await;
     Ok(revisions.len())
+}
+
+/// Tells the store which snapshots are committed (it removes the files of older ones) off the runtime.
+async fn forget_older_snapshots(store: &Arc<dyn Store>, committed: Vec<(String, u64)>) {
+    if committed.is_empty() {
+        return;
+    }
+    let _ = blocking(store, move |store| {
+        for (id, sequence) in &committed {
+            store.snapshot_committed(id, *sequence);
+        }
+        Ok(())
+    })
+    .await;
 }
 
 /// After a failed commit: once the store accepts writes again, rebuilds every experiment from the store (so

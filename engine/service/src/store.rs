@@ -9,7 +9,8 @@
 //! append-only segment files beside it (see `journal`) that holds every log record with its decision
 //! features. A group of log records is durable once its frames are synced there; their rows then commit
 //! without a sync of their own, and the journal puts back on open whatever rows a crash took.
-//! Definitions, snapshots and audit entries commit with `synchronous = FULL`. With
+//! Definitions, snapshots and audit entries commit with `synchronous = FULL`; large snapshot states are staged
+//! in files of their own first ([`Store::stage_snapshot`], `snapshot_files`) and their rows reference them. With
 //! [`SqliteStore::with_sync_interval`] log records are acknowledged once their frames are written, before the
 //! sync; a thread syncs the journal every interval and then commits their rows (a row never points at frames
 //! that are not on disk).
@@ -30,6 +31,7 @@ use crate::log::{
     DecisionRecord, EpisodeStartRecord, LogEntry, LogRecord, StepRecord, decode_logged_features, encode_features_f32,
     feature_bytes,
 };
+use crate::snapshot_files;
 
 /// A storage failure. The change that failed was not made.
 #[derive(Debug, thiserror::Error)]
@@ -218,6 +220,14 @@ pub trait Store: Send + Sync + 'static {
     /// tables have them), but always before this returns. Never called if the writes did not become durable;
     /// a store may also leave it uncalled and only return.
     fn commit_answering(&self, writes: &[Write], durable: OnDurable) -> Result<(), StoreError>;
+    /// Prepares a snapshot for [`Store::commit`], on the caller's thread: a store may write a large state
+    /// elsewhere now and commit only a reference to it, so the commit (and every write queued behind it)
+    /// stays short. Returns the snapshot to commit.
+    fn stage_snapshot(&self, snapshot: Snapshot) -> Result<Snapshot, StoreError> {
+        Ok(snapshot)
+    }
+    /// Says that `experiment_id`'s snapshot at `sequence` is committed: older staged states may go.
+    fn snapshot_committed(&self, _experiment_id: &str, _sequence: u64) {}
     /// Calls `visit` with every log record of `experiment` (of all experiments with `None`), ordered by
     /// experiment then sequence.
     fn read_log(
@@ -589,6 +599,7 @@ impl SqliteStore {
         add_feature_file_columns(&connection)?;
         let mut journal = Journal::open(data_dir)?;
         replay_journal(&mut connection, &mut journal)?;
+        remove_unreferenced_snapshot_files(&connection, &data_dir.join(snapshot_files::SNAPSHOTS_DIR))?;
         // Checkpoints (copying the WAL back into the database file) run on their own connection and thread,
         // so the decision log's commits never wait for one: SQLite's automatic checkpoint would run inside
         // the committing call every 4 MiB of log, a latency spike every few tens of milliseconds under load.
@@ -659,6 +670,11 @@ impl SqliteStore {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Where large snapshot states are kept ([`snapshot_files`]).
+    fn snapshots_dir(&self) -> PathBuf {
+        self.path.with_file_name(snapshot_files::SNAPSHOTS_DIR)
     }
 
     /// The connection, with the rows of acknowledged, unsynced log records synced and committed first, so
@@ -784,6 +800,7 @@ impl Store for SqliteStore {
         tx.execute("DELETE FROM experiments WHERE id = ?1", params![id])?;
         tx.commit()?;
         self.remove_unreferenced_segments(&connection);
+        snapshot_files::remove_older(&self.snapshots_dir(), id, None);
         Ok(())
     }
 
@@ -817,7 +834,7 @@ impl Store for SqliteStore {
         };
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
-            if let Some(stored) = load_one(&connection, &mut self.journal(), &id)? {
+            if let Some(stored) = load_one(&connection, &mut self.journal(), &self.snapshots_dir(), &id)? {
                 out.push(stored);
             }
         }
@@ -826,7 +843,7 @@ impl Store for SqliteStore {
 
     fn load_experiment(&self, id: &str) -> Result<Option<StoredExperiment>, StoreError> {
         let connection = self.connection()?;
-        load_one(&connection, &mut self.journal(), id)
+        load_one(&connection, &mut self.journal(), &self.snapshots_dir(), id)
     }
 
     fn disk_usage(&self) -> Vec<(&'static str, u64)> {
@@ -958,6 +975,8 @@ impl Store for SqliteStore {
         tx.execute("DELETE FROM episodic_experiments WHERE id = ?1", params![id])?;
         tx.commit()?;
         self.remove_unreferenced_segments(&connection);
+        snapshot_files::remove_older(&self.snapshots_dir(), id, None);
+        snapshot_files::remove_older(&self.snapshots_dir(), id, None);
         Ok(())
     }
 
@@ -971,7 +990,7 @@ impl Store for SqliteStore {
         };
         let mut out = Vec::with_capacity(rows.len());
         for (id, config) in rows {
-            let (snapshot, log) = snapshot_and_log(&connection, &mut self.journal(), &id)?;
+            let (snapshot, log) = snapshot_and_log(&connection, &mut self.journal(), &self.snapshots_dir(), &id)?;
             out.push(StoredEpisodic { id, config, snapshot, log });
         }
         Ok(out)
@@ -990,6 +1009,20 @@ impl Store for SqliteStore {
         }
         records.reverse();
         Ok(records)
+    }
+
+    fn stage_snapshot(&self, snapshot: Snapshot) -> Result<Snapshot, StoreError> {
+        if snapshot.state.len() < snapshot_files::FILE_THRESHOLD {
+            return Ok(snapshot);
+        }
+        let state =
+            snapshot_files::stage(&self.snapshots_dir(), &snapshot.experiment_id, snapshot.sequence, &snapshot.state)
+                .map_err(|source| StoreError::DataDir { path: self.snapshots_dir(), source })?;
+        Ok(Snapshot { state, ..snapshot })
+    }
+
+    fn snapshot_committed(&self, experiment_id: &str, sequence: u64) {
+        snapshot_files::remove_older(&self.snapshots_dir(), experiment_id, Some(sequence));
     }
 
     fn probe(&self) -> Result<(), StoreError> {
@@ -1338,29 +1371,55 @@ fn record_from_row(row: &rusqlite::Row<'_>, journal: &mut Journal) -> Result<Log
 }
 
 /// One experiment's definition, snapshot and log after the snapshot.
-fn load_one(connection: &Connection, journal: &mut Journal, id: &str) -> Result<Option<StoredExperiment>, StoreError> {
+fn load_one(
+    connection: &Connection,
+    journal: &mut Journal,
+    snapshots: &Path,
+    id: &str,
+) -> Result<Option<StoredExperiment>, StoreError> {
     let json: Option<String> = connection
         .query_row("SELECT definition FROM experiments WHERE id = ?1", params![id], |row| row.get(0))
         .optional()?;
     let Some(json) = json else { return Ok(None) };
     let definition: ExperimentDef =
         serde_json::from_str(&json).map_err(|e| StoreError::Corrupt { id: id.to_owned(), reason: e.to_string() })?;
-    let (snapshot, log) = snapshot_and_log(connection, journal, id)?;
+    let (snapshot, log) = snapshot_and_log(connection, journal, snapshots, id)?;
     Ok(Some(StoredExperiment { definition, snapshot, log }))
+}
+
+/// Removes the snapshot files no snapshot row references (staged for a commit that never happened, or
+/// replaced before they could be removed). Only the first bytes of each state are read: a reference is short.
+fn remove_unreferenced_snapshot_files(connection: &Connection, dir: &Path) -> Result<(), StoreError> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    let mut select = connection.prepare("SELECT substr(state, 1, 1024) FROM snapshots")?;
+    let heads = select.query_map([], |row| row.get::<_, Vec<u8>>(0))?.collect::<Result<Vec<_>, _>>()?;
+    snapshot_files::remove_unreferenced(dir, heads.iter().map(Vec::as_slice));
+    Ok(())
 }
 
 /// An experiment's latest snapshot and its log after the snapshot.
 fn snapshot_and_log(
     connection: &Connection,
     journal: &mut Journal,
+    snapshots: &Path,
     id: &str,
 ) -> Result<(Option<Snapshot>, Vec<LogRecord>), StoreError> {
-    let snapshot = connection
+    let stored = connection
         .query_row("SELECT sequence, state FROM snapshots WHERE experiment_id = ?1", params![id], |row| {
             Ok((row.get::<_, i64>(0)?, row.get::<_, Vec<u8>>(1)?))
         })
-        .optional()?
-        .map(|(sequence, state)| Snapshot { experiment_id: id.to_owned(), sequence: sequence.max(0) as u64, state });
+        .optional()?;
+    let snapshot = match stored {
+        Some((sequence, state)) => Some(Snapshot {
+            experiment_id: id.to_owned(),
+            sequence: sequence.max(0) as u64,
+            state: snapshot_files::resolve(snapshots, state)
+                .map_err(|reason| StoreError::Corrupt { id: id.to_owned(), reason })?,
+        }),
+        None => None,
+    };
     let after = snapshot.as_ref().map_or(0, |s| to_sql_sequence(s.sequence));
     let mut select = connection.prepare_cached(&format!(
         "SELECT {LOG_COLUMNS} FROM log WHERE experiment_id = ?1 AND sequence > ?2 ORDER BY sequence"
@@ -1496,6 +1555,51 @@ mod tests {
             })
             .unwrap();
         assert_eq!(count, sequence, "every record is still in the log");
+    }
+
+    #[test]
+    fn large_snapshots_live_in_files_that_follow_their_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = dir.path().join(snapshot_files::SNAPSHOTS_DIR);
+        let count = || std::fs::read_dir(&files).map_or(0, |entries| entries.count());
+        let state = |seed: u8| -> Vec<u8> { (0..3_000_000u32).map(|i| (i as u8).wrapping_mul(seed)).collect() };
+        let snapshot = |sequence, seed| Snapshot { experiment_id: "a".into(), sequence, state: state(seed) };
+        {
+            let store = SqliteStore::open(dir.path()).unwrap();
+            store.save_definition(&def("a")).unwrap();
+            let staged = store.stage_snapshot(snapshot(5, 3)).unwrap();
+            assert!(staged.state.len() < 200, "the row holds a reference");
+            store.commit(&[Write::Snapshot { snapshot: staged, compact: false }]).unwrap();
+            store.snapshot_committed("a", 5);
+            assert_eq!(store.load_experiment("a").unwrap().unwrap().snapshot, Some(snapshot(5, 3)));
+            // A newer one replaces it; the older file goes once the newer row is committed.
+            let newer = store.stage_snapshot(snapshot(9, 7)).unwrap();
+            assert_eq!(count(), 2);
+            store.commit(&[Write::Snapshot { snapshot: newer, compact: false }]).unwrap();
+            store.snapshot_committed("a", 9);
+            assert_eq!(count(), 1);
+            // Staged, never committed (a crash before the writer got to it): removed at the next open.
+            store.stage_snapshot(snapshot(12, 11)).unwrap();
+            // Small states stay in their row.
+            let small = Snapshot { experiment_id: "a".into(), sequence: 13, state: vec![1, 2, 3] };
+            assert_eq!(store.stage_snapshot(small.clone()).unwrap(), small);
+            assert_eq!(count(), 2);
+        }
+        let reader = SqliteStore::open_read_only(dir.path()).unwrap();
+        assert_eq!(reader.load_experiment("a").unwrap().unwrap().snapshot, Some(snapshot(9, 7)));
+        assert_eq!(count(), 2, "a reader removes nothing");
+        drop(reader);
+        let store = SqliteStore::open(dir.path()).unwrap();
+        assert_eq!(count(), 1, "the uncommitted file is gone");
+        assert_eq!(store.load_experiment("a").unwrap().unwrap().snapshot, Some(snapshot(9, 7)));
+        // A damaged file is reported, not loaded.
+        let name = std::fs::read_dir(&files).unwrap().next().unwrap().unwrap().path();
+        let mut bytes = std::fs::read(&name).unwrap();
+        bytes[1000] ^= 0xff;
+        std::fs::write(&name, &bytes).unwrap();
+        assert!(matches!(store.load_experiment("a"), Err(StoreError::Corrupt { .. })));
+        store.delete_experiment("a").unwrap();
+        assert_eq!(count(), 0, "deleting the experiment deletes its files");
     }
 
     #[test]
