@@ -668,3 +668,53 @@ async fn the_log_command_exports_decisions_with_rewards_for_ope() {
         assert_eq!(difference["upper"].as_f64(), Some(comparison.upper));
     }
 }
+
+/// A state of more than a megabyte (thousands of decisions waiting for rewards) is snapshotted into a file
+/// of its own at shutdown; a restart loads it, and the next snapshot replaces the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_snapshot_goes_to_a_file_and_restarts_from_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = || -> Vec<String> {
+        std::fs::read_dir(dir.path().join("snapshots"))
+            .map(|entries| entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default()
+    };
+    let server = TestServer::start_with(dir.path(), vec![], Limits::default()).await;
+    let (mut admin, mut d) = (server.admin().await, server.decisions().await);
+    create(&mut admin, "big", shared_spec(pb::Algorithm::Clucb, 32)).await;
+    let mut problem = LinearProblem::new(32, 4, 11);
+    let mut event_ids = Vec::new();
+    for _ in 0..50 {
+        let requests = (0..100).map(|_| per_action("big", problem.round(), 4, 0)).collect();
+        let batch = d.decide_batch(pb::DecideBatchRequest { requests }).await.unwrap().into_inner();
+        event_ids.extend(batch.results.into_iter().filter_map(|r| match r.outcome {
+            Some(pb::decide_result::Outcome::Decision(decision)) => Some(decision.event_id),
+            _ => None,
+        }));
+    }
+    assert_eq!(event_ids.len(), 5_000);
+    let before = report(&mut admin, "big").await;
+    assert_eq!(before.rewards_pending, 5_000);
+    server.stop().await.unwrap();
+    let staged = files();
+    assert_eq!(staged.len(), 1, "{staged:?}");
+    assert!(std::fs::metadata(dir.path().join("snapshots").join(&staged[0])).unwrap().len() > 1 << 20);
+
+    let server = TestServer::start_with(dir.path(), vec![], Limits::default()).await;
+    let (mut admin, mut d) = (server.admin().await, server.decisions().await);
+    let after = report(&mut admin, "big").await;
+    assert_eq!((after.decisions, after.rewards_pending), (before.decisions, before.rewards_pending));
+    assert_eq!(after.model_version, before.model_version);
+    // The pending decisions came back with it: their rewards are taken.
+    for event_id in &event_ids[..10] {
+        d.reward(reward("big", event_id, 0.5)).await.unwrap();
+    }
+    server.stop().await.unwrap();
+    let replaced = files();
+    assert_eq!(replaced.len(), 1, "the older file is gone: {replaced:?}");
+    assert_ne!(replaced, staged);
+    let server = TestServer::start_with(dir.path(), vec![], Limits::default()).await;
+    let mut admin = server.admin().await;
+    assert_eq!(report(&mut admin, "big").await.rewards_pending, 4_990);
+    server.stop().await.unwrap();
+}

@@ -850,7 +850,9 @@ impl Store for SqliteStore {
         let size = |path: &Path| std::fs::metadata(path).map_or(0, |m| m.len());
         let wal = self.path.with_file_name(format!("{DATABASE_FILE}-wal"));
         let features = crate::journal::bytes_in(self.data_dir()).unwrap_or(0);
-        vec![("database", size(&self.path)), ("wal", size(&wal)), ("features", features)]
+        let snapshots = std::fs::read_dir(self.snapshots_dir())
+            .map_or(0, |entries| entries.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum());
+        vec![("database", size(&self.path)), ("wal", size(&wal)), ("features", features), ("snapshots", snapshots)]
     }
 
     fn unsynced_records(&self) -> Option<usize> {
