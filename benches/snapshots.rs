@@ -1,10 +1,10 @@
-//! What a snapshot of an experiment costs: its size, and the time to encode and decode it, as MessagePack
-//! (what the store keeps) and as JSON (what it kept before, and what exports are), for a policy holding
-//! `--pending` decisions that wait for their rewards (CLUCB, shared layout, d = 32, K = 16; each pending
-//! decision keeps its chosen action's 32 features).
+//! What a snapshot of an experiment costs: its size, the time to clone it (the service does so under the
+//! experiment's lock) and to encode and decode it, as MessagePack (what the store keeps) and as JSON (what it
+//! kept before, and what exports are), for a policy holding `--pending` decisions that wait for their rewards
+//! (CLUCB, shared layout, d = 32, K = 16; each pending decision keeps its chosen action's 32 features).
 //!
 //! `cargo bench --bench snapshots -- [--pending N]` (default 40,000: a 2 s reward timeout at 20,000
-//! decisions/s). Prints bytes and the best of five runs of each direction.
+//! decisions/s). Prints bytes, the best of five runs of each direction, and of a clone of the state.
 
 use std::time::{Duration, Instant};
 
@@ -50,6 +50,9 @@ fn main() {
         policy.decide(&Round { actions, baseline: 0, baseline_expected_reward: None }).expect("a decision");
     }
     println!("snapshot of a CLUCB policy, d = {DIM}, K = {ACTIONS}, {pending} pending decisions (best of 5)");
+    // The service clones the state under the experiment's lock (its decisions wait), then encodes the copy.
+    let (_, clone) = best_of_five(|| policy.clone());
+    println!("  clone (under the lock)  {:>9.3} ms", clone.as_secs_f64() * 1e3);
     let (packed, encode) = best_of_five(|| encode_state(&policy));
     let (_, decode) = best_of_five(|| decode_state::<Policy>(&packed).expect("decodes"));
     println!(

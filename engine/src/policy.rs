@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
+use std::sync::Arc;
 
 use rand::{RngExt, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
@@ -128,7 +129,9 @@ type DeterministicHasher = BuildHasherDefault<std::collections::hash_map::Defaul
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct PendingDecision {
     action: usize,
-    features: Vec<f64>,
+    /// Shared, so that cloning the policy (the service snapshots a copy taken under the experiment's lock)
+    /// copies a pointer per pending decision, not its features: 150,000 of them took 28-45 ms to clone.
+    features: Arc<Vec<f64>>,
 }
 
 /// Conservative bandit policy: see the crate documentation.
@@ -158,7 +161,7 @@ struct Scratch {
     scores: Vec<f64>,
     passes: Vec<bool>,
     checks: Vec<Option<BudgetCheck>>,
-    spare_buffers: Vec<Vec<f64>>,
+    spare_buffers: Vec<Arc<Vec<f64>>>,
 }
 
 impl Policy {
@@ -422,8 +425,9 @@ impl Policy {
         if let Some(ledger) = &mut self.ledger {
             ledger.record(&mut self.model, actions, action, b, baseline_mean);
         }
+        // A buffer no copy of the policy shares any more, reused (a fresh one only after a snapshot took some).
         let mut features = self.scratch.spare_buffers.pop().unwrap_or_default();
-        self.model.stash(actions, action, &mut features);
+        self.model.stash(actions, action, Arc::make_mut(&mut features));
         let id = self.next_id;
         self.next_id += 1;
         self.pending.insert(id, PendingDecision { action, features });
@@ -530,7 +534,10 @@ impl Policy {
                 guard.observe(z, self.stats.rewards);
             }
         }
-        self.scratch.spare_buffers.push(decision.features);
+        // Its buffer is reused unless a copy of the policy still shares it.
+        if Arc::strong_count(&decision.features) == 1 {
+            self.scratch.spare_buffers.push(decision.features);
+        }
     }
 }
 
@@ -564,5 +571,54 @@ mod sorted_pending {
     ) -> Result<HashMap<DecisionId, PendingDecision, DeterministicHasher>, D::Error> {
         let entries: Vec<(DecisionId, PendingDecision)> = Vec::deserialize(deserializer)?;
         Ok(entries.into_iter().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ActionSet, Layout};
+
+    /// The service snapshots a clone of the policy while the original goes on deciding and learning: the two
+    /// share their pending decisions' features, and nothing the original does may change the clone.
+    #[test]
+    fn a_clone_is_not_changed_by_the_original_going_on() {
+        let mut policy = Policy::new(PolicyConfig::new(Algorithm::Clucb, Layout::Shared { dim: 4 })).unwrap();
+        let features = |t: usize| -> Vec<f64> { (0..12).map(|i| (((i + 3 * t) % 7) as f64 - 3.0) / 10.0).collect() };
+        let decide = |policy: &mut Policy, t: usize| {
+            let x = features(t);
+            let round = Round {
+                actions: ActionSet::PerAction { features: &x, num_actions: 3 },
+                baseline: 0,
+                baseline_expected_reward: None,
+            };
+            policy.decide(&round).unwrap().id
+        };
+        for t in 0..50 {
+            let id = decide(&mut policy, t);
+            policy.observe_reward(id, 0.5).unwrap();
+        }
+        let pending: Vec<_> = (50..80).map(|t| decide(&mut policy, t)).collect();
+        let copy = policy.clone();
+        let frozen = serde_json::to_string(&copy).unwrap();
+        // The original learns from every pending decision (its buffers go back to its spare pool only if
+        // unshared) and decides on, writing features into reused buffers.
+        for (i, id) in pending.into_iter().enumerate() {
+            policy.observe_reward(id, 0.1 * (i % 10) as f64).unwrap();
+        }
+        for t in 80..200 {
+            let id = decide(&mut policy, t);
+            if t % 2 == 0 {
+                policy.observe_reward(id, 0.9).unwrap();
+            }
+        }
+        assert_eq!(serde_json::to_string(&copy).unwrap(), frozen);
+        assert_eq!(copy.stats().pending, 30);
+        drop(copy);
+        // Once the clone is gone its buffers are the original's alone again.
+        for t in 200..300 {
+            let id = decide(&mut policy, t);
+            policy.observe_reward(id, 0.5).unwrap();
+        }
     }
 }
