@@ -978,7 +978,6 @@ impl Store for SqliteStore {
         tx.commit()?;
         self.remove_unreferenced_segments(&connection);
         snapshot_files::remove_older(&self.snapshots_dir(), id, None);
-        snapshot_files::remove_older(&self.snapshots_dir(), id, None);
         Ok(())
     }
 
