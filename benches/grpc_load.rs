@@ -303,52 +303,37 @@ async fn batch_closed_loop(
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let seconds = args
-        .iter()
-        .position(|a| a == "--seconds")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|s| s.parse::<f64>().ok())
-        .unwrap_or(5.0);
-    let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).cloned();
-    let timeline = args.iter().position(|a| a == "--timeline").and_then(|i| args.get(i + 1)).cloned();
+    // The value after `name`, if given.
+    let option = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).map(String::as_str);
+    let seconds = option("--seconds").and_then(|s| s.parse::<f64>().ok()).unwrap_or(5.0);
+    let only = option("--only").map(str::to_owned);
+    let timeline = option("--timeline").map(str::to_owned);
     let wanted = move |name: &str| only.as_deref().is_none_or(|o| o == name);
     let run = Duration::from_secs_f64(seconds);
     let warmup = Duration::from_secs(1);
 
     // The store: the durable SQLite log (default) in a temporary directory under --data-dir (default: the
     // working directory, so the disk measured is the project's, not a tmpfs), or nothing at all.
-    let base = args.iter().position(|a| a == "--data-dir").and_then(|i| args.get(i + 1)).cloned();
+    let base = option("--data-dir").map(str::to_owned);
     let data = tempfile::tempdir_in(base.as_deref().unwrap_or(".")).expect("temporary data directory");
-    let memory = args.iter().position(|a| a == "--store").and_then(|i| args.get(i + 1)).is_some_and(|s| s == "memory");
-    let threads = |flag: &str| {
-        args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).and_then(|s| s.parse().ok()).unwrap_or(2)
-    };
+    let memory = option("--store").is_some_and(|s| s == "memory");
+    let threads = |flag: &str| option(flag).and_then(|s| s.parse().ok()).unwrap_or(2);
     let (server_threads, client_threads) = (threads("--server-threads"), threads("--client-threads"));
     // How the client sends features: `bytes` (features_le, the default), `packed` (repeated double) or `f32`
     // (features_f32_le).
-    let encoding = match args.iter().position(|a| a == "--encoding").and_then(|i| args.get(i + 1)).map(String::as_str) {
+    let encoding = match option("--encoding") {
         Some("packed") => Encoding::Packed,
         Some("f32") => Encoding::Floats,
         _ => Encoding::Bytes,
     };
     // `--snapshot-interval-s S`: snapshot every S seconds instead of the service's 30 (to see what one costs).
-    let snapshot_interval_s = args
-        .iter()
-        .position(|a| a == "--snapshot-interval-s")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|s| s.parse::<f64>().ok())
-        .filter(|&s| s > 0.0);
+    let snapshot_interval_s = option("--snapshot-interval-s").and_then(|s| s.parse::<f64>().ok()).filter(|&s| s > 0.0);
     // `--f32`: the experiment keeps its features as f32 (feature_precision F32: half the log).
     let features_f32 = args.iter().any(|a| a == "--f32");
     let server_runtime = runtime("server", server_threads);
     let listener = server_runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind loopback");
     let address = listener.local_addr().unwrap();
-    let sync_interval_ms = args
-        .iter()
-        .position(|a| a == "--sync-interval-ms")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|s| s.parse::<u64>().ok())
-        .filter(|&ms| ms > 0);
+    let sync_interval_ms = option("--sync-interval-ms").and_then(|s| s.parse::<u64>().ok()).filter(|&ms| ms > 0);
     let (store, store_name): (Arc<dyn Store>, String) = match (memory, sync_interval_ms) {
         (true, _) => (Arc::new(MemoryStore), "memory (nothing logged)".into()),
         (false, None) => (

@@ -242,24 +242,6 @@ fn check_finite(field: &str, values: &[f64], dim: usize) -> Result<(), ServiceEr
     }
 }
 
-/// For an experiment that keeps features as `f32`: every (finite) value must round to a finite `f32`.
-fn check_f32_range(experiment: &Experiment, field: &str, values: &[f64], dim: usize) -> Result<(), ServiceError> {
-    if !experiment.shape().features_f32 {
-        return Ok(());
-    }
-    match values.iter().position(|v| (*v as f32).is_infinite()) {
-        None => Ok(()),
-        Some(i) => Err(ServiceError::InvalidArgument(format!(
-            "{field}[{i}] (action {}, feature {}) is {:e}, beyond float32's range (3.4e38): experiment '{}' keeps \
-             its features as float32 (feature_precision F32)",
-            i / dim,
-            i % dim,
-            values[i],
-            experiment.id()
-        ))),
-    }
-}
-
 /// The doubles of a repeated-double field or of one of its little-endian `bytes` twins (doubles or floats),
 /// with the name of the one given. Doubles are read in place when they are 8-byte aligned (as an allocator
 /// returns them) on a little-endian machine, and copied into `scratch` otherwise; floats are widened into it.
@@ -363,7 +345,6 @@ fn decide_input<'a>(
                     )));
                 }
                 check_finite(field, features, dim)?;
-                check_f32_range(experiment, field, features, dim)?;
                 if !p.action_ids.is_empty() {
                     if p.action_ids.len() != k {
                         return Err(ServiceError::InvalidArgument(format!(
@@ -394,7 +375,6 @@ fn decide_input<'a>(
                         context[i]
                     )));
                 }
-                check_f32_range(experiment, field, context, dim)?;
                 (ActionSet::SharedContext { context }, actions, &[][..])
             }
             (Some(Actions::Arms(_)) | None, Layout::Arms { actions }) => (ActionSet::Arms, actions, &[][..]),

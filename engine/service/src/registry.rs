@@ -732,20 +732,23 @@ impl Experiment {
 
     /// A copy of the round's features rounded to `f32`, for an experiment that keeps them so; `None` otherwise.
     fn rounded_features(&self, actions: ActionSet<'_>) -> Result<Option<Vec<f64>>, ServiceError> {
-        let features = match actions {
+        let (features, per_action) = match actions {
             _ if !self.shape.features_f32 => return Ok(None),
-            ActionSet::PerAction { features, .. } => features,
-            ActionSet::SharedContext { context } => context,
+            ActionSet::PerAction { features, num_actions } => (features, Some(features.len() / num_actions.max(1))),
+            ActionSet::SharedContext { context } => (context, None),
             ActionSet::Arms => return Ok(None),
         };
         let mut rounded = features.to_vec();
-        match round_to_f32(&mut rounded) {
-            Ok(()) => Ok(Some(rounded)),
-            Err(i) => Err(ServiceError::InvalidArgument(format!(
-                "feature {i} is {:e}, beyond float32's range: experiment '{}' keeps its features as float32",
-                features[i], self.id
-            ))),
-        }
+        let Err(i) = round_to_f32(&mut rounded) else { return Ok(Some(rounded)) };
+        let which = match per_action {
+            Some(dim) => format!("features[{i}] (action {}, feature {})", i / dim.max(1), i % dim.max(1)),
+            None => format!("context[{i}]"),
+        };
+        Err(ServiceError::InvalidArgument(format!(
+            "{which} is {:e}, beyond float32's range (3.4e38): experiment '{}' keeps its features as float32 \
+             (feature_precision F32)",
+            features[i], self.id
+        )))
     }
 
     /// Applies the reward of the decision named `event_id` (a client event id, or `#n` for server ids).

@@ -63,9 +63,9 @@ pub fn resolve(dir: &Path, stored: Vec<u8>) -> Result<Vec<u8>, String> {
     let Some(name) = referenced_name(&stored) else {
         return Ok(stored);
     };
-    let word = |range: std::ops::Range<usize>| stored[range].to_vec();
-    let crc = u32::from_le_bytes(word(4..8).try_into().unwrap_or_default());
-    let length = u64::from_le_bytes(word(8..16).try_into().unwrap_or_default());
+    // referenced_name found at least 16 bytes.
+    let crc = u32::from_le_bytes(stored[4..8].try_into().expect("4 bytes"));
+    let length = u64::from_le_bytes(stored[8..16].try_into().expect("8 bytes"));
     let path = dir.join(name);
     let state = std::fs::read(&path).map_err(|e| format!("snapshot file {}: {e}", path.display()))?;
     if state.len() as u64 != length || crc32fast::hash(&state) != crc {
