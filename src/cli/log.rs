@@ -95,7 +95,8 @@ pub fn run(args: LogArgs) -> Result<()> {
     if !args.data_dir.join(DATABASE_FILE).exists() {
         bail!("{} holds no safebet store ({DATABASE_FILE} is missing)", args.data_dir.display());
     }
-    // Read-only: a running server may be writing the journal's tail and committing rows meanwhile.
+    // Read-only: a running server may be writing the journal's tail and committing rows meanwhile (the
+    // store merges the tail's intact records in, without replaying them).
     let store = SqliteStore::open_read_only(&args.data_dir)
         .with_context(|| format!("opening the store in {}", args.data_dir.display()))?;
     if args.transitions {

@@ -201,10 +201,18 @@ async fn kill_9_restarts(restarts: u64, serve_args: &[&str]) {
         }
         drop(drain);
 
+        // What `safebet log` (read-only, no replay) shows right after the crash is what a restart loads.
+        let seen_after_crash = {
+            let reader = SqliteStore::open_read_only(&data).unwrap();
+            ["clucb", "lints"].map(|experiment| full_log(&reader, experiment))
+        };
         // Everything acknowledged is in the log, exactly once. Opened for writing once (which replays the
         // journal, as a restart would), then read-only: the restarted server below needs the store's lock.
         drop(SqliteStore::open(&data).unwrap());
         let store = SqliteStore::open_read_only(&data).unwrap();
+        for (experiment, seen) in ["clucb", "lints"].iter().zip(&seen_after_crash) {
+            assert!(full_log(&store, experiment) == *seen, "round {round}: {experiment}'s log changed in the replay");
+        }
         {
             let seen = acked.lock().unwrap();
             let mut decisions: HashMap<String, (u64, usize)> = HashMap::new();

@@ -416,6 +416,46 @@ impl Journal {
     ) -> Result<Option<JournalPosition>, E> {
         self.discard();
         self.cut_dirty_tail()?;
+        let (segments, end) = self.visit_frames(from, visit, true)?;
+        let newest = segments.last().copied();
+        if let Some((number, offset, size)) = end
+            && offset < size
+            && Some(number) == newest
+        {
+            tracing::warn!(segment = number, offset, bytes = size - offset, "cutting off a torn journal tail");
+            let file = std::fs::OpenOptions::new().write(true).open(self.segment_path(number))?;
+            file.set_len(offset)?;
+            file.sync_data()?;
+            // Appends must continue from the cut, not from a length read before it.
+            self.active = None;
+        }
+        Ok(end.map(|(number, offset, _)| (number, offset)))
+    }
+
+    /// Calls `visit` with every intact frame from `from` on, as [`Journal::replay`] does, but changes
+    /// nothing (no cut, no sync): for a reader beside a running writer, whose newest frame may be half
+    /// written. Returns where the intact frames end. A journal directory that does not exist holds nothing.
+    pub fn scan<E: From<io::Error>>(
+        &self,
+        from: Option<JournalPosition>,
+        visit: &mut FrameVisitor<'_, E>,
+    ) -> Result<Option<JournalPosition>, E> {
+        if !self.directory.exists() {
+            return Ok(None);
+        }
+        let (_, end) = self.visit_frames(from, visit, false)?;
+        Ok(end.map(|(number, offset, _)| (number, offset)))
+    }
+
+    /// Visits the intact frames from `from` on across the segments; with `sync_visited`, syncs each segment
+    /// it visited frames of. Returns the segments and where the last one's intact frames end (with its size).
+    #[allow(clippy::type_complexity)]
+    fn visit_frames<E: From<io::Error>>(
+        &self,
+        from: Option<JournalPosition>,
+        visit: &mut FrameVisitor<'_, E>,
+        sync_visited: bool,
+    ) -> Result<(Vec<u32>, Option<(u32, u64, u64)>), E> {
         let segments: Vec<u32> = self.files()?.into_iter().filter(|(_, s)| *s).map(|(n, _)| n).collect();
         let (first, mut offset) = from.unwrap_or((segments.first().copied().unwrap_or(1), 0));
         let mut end = None;
@@ -432,7 +472,7 @@ impl Journal {
                 offset = frame.offset + u64::from(frame.length);
                 visited = true;
             }
-            if visited {
+            if visited && sync_visited {
                 // Frames a killed process wrote without a sync may still be only in the page cache: the rows
                 // about to point at them must not reach the disk before they do.
                 file.sync_data()?;
@@ -444,19 +484,7 @@ impl Journal {
             }
             end = Some((number, offset, size));
         }
-        let newest = segments.last().copied();
-        if let Some((number, offset, size)) = end
-            && offset < size
-            && Some(number) == newest
-        {
-            tracing::warn!(segment = number, offset, bytes = size - offset, "cutting off a torn journal tail");
-            let file = std::fs::OpenOptions::new().write(true).open(self.segment_path(number))?;
-            file.set_len(offset)?;
-            file.sync_data()?;
-            // Appends must continue from the cut, not from a length read before it.
-            self.active = None;
-        }
-        Ok(end.map(|(number, offset, _)| (number, offset)))
+        Ok((segments, end))
     }
 
     /// Reads and checks the bytes `at` points to.

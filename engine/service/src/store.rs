@@ -16,7 +16,7 @@
 //! that are not on disk).
 //! [`MemoryStore`] keeps nothing, for measuring what durability costs and for throwaway runs.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -229,7 +229,9 @@ pub trait Store: Send + Sync + 'static {
     /// Says that `experiment_id`'s snapshot at `sequence` is committed: older staged states may go.
     fn snapshot_committed(&self, _experiment_id: &str, _sequence: u64) {}
     /// Calls `visit` with every log record of `experiment` (of all experiments with `None`), ordered by
-    /// experiment then sequence.
+    /// experiment then sequence. A store with a journal includes the records its journal holds past its
+    /// table (acknowledged, their rows not yet committed, or kept out by a crash): every record the next
+    /// open would load. A record being written as this runs may show before its caller hears back.
     fn read_log(
         &self,
         experiment: Option<&str>,
@@ -552,9 +554,9 @@ impl SqliteStore {
 
     /// Opens the store in `data_dir` to read it, changing nothing: no replay of the journal (its tail may be a
     /// running server's group being written, or rows it has yet to commit), no checkpoints, no schema
-    /// upgrade. What `safebet log` uses, so it can run beside `safebet serve`. It reads what the database
-    /// holds: records of the last moments before a crash are in it once the next `safebet serve` has
-    /// replayed them.
+    /// upgrade. What `safebet log` uses, so it can run beside `safebet serve`. Its [`Store::read_log`] merges
+    /// the journal's tail into the database's rows in memory, so the records of the last moments before a
+    /// crash show before the next `safebet serve` has replayed them.
     pub fn open_read_only(data_dir: &Path) -> Result<SqliteStore, StoreError> {
         let path = data_dir.join(DATABASE_FILE);
         let connection = Connection::open_with_flags(
@@ -929,12 +931,28 @@ impl Store for SqliteStore {
     ) -> Result<(), StoreError> {
         let connection = self.connection()?;
         let mut journal = self.journal();
-        let mut select = connection.prepare(&format!(
+        // One read transaction, so the rows and the journal position they reach are of one moment.
+        let tx = connection.unchecked_transaction()?;
+        let mut tail = journal_tail(&tx, &mut journal, experiment)?.into_iter().peekable();
+        let mut select = tx.prepare(&format!(
             "SELECT {LOG_COLUMNS} FROM log WHERE (?1 IS NULL OR experiment_id = ?1) ORDER BY experiment_id, sequence"
         ))?;
         let mut rows = select.query(params![experiment])?;
         while let Some(row) = rows.next()? {
-            visit(record_from_row(row, &mut journal)?)?;
+            let record = record_from_row(row, &mut journal)?;
+            let key = (record.experiment_id.as_str(), record.sequence);
+            while let Some(((id, sequence), _)) = tail.peek() {
+                match (id.as_str(), *sequence).cmp(&key) {
+                    std::cmp::Ordering::Less => visit(tail.next().expect("peeked").1)?,
+                    // The same record (its row and its frame both kept): the row is it.
+                    std::cmp::Ordering::Equal => drop(tail.next()),
+                    std::cmp::Ordering::Greater => break,
+                }
+            }
+            visit(record)?;
+        }
+        for (_, record) in tail {
+            visit(record)?;
         }
         Ok(())
     }
@@ -1163,14 +1181,55 @@ fn set_journal_position(tx: &Connection, (file, offset): JournalPosition) -> Res
     Ok(())
 }
 
-/// Inserts the journal's frames after the recorded position into the log table (records whose rows did not
-/// reach the database before a crash or a failed commit), records the new position, and commits durably.
-fn replay_journal(connection: &mut Connection, journal: &mut Journal) -> Result<(), StoreError> {
-    let from: Option<JournalPosition> = connection
+/// Where the journal stops being in the log table (`None`: no record was ever committed).
+fn recorded_journal_position(connection: &Connection) -> Result<Option<JournalPosition>, StoreError> {
+    Ok(connection
         .query_row("SELECT file, offset FROM journal WHERE id = 1", [], |row| {
             Ok((row.get::<_, u32>(0)?, row.get::<_, i64>(1)? as u64))
         })
-        .optional()?;
+        .optional()?)
+}
+
+/// The log records of `experiment` (every experiment's when `None`) that the journal holds past the
+/// position the database records: records a crash kept out of the log table until the next writable open
+/// replays them, or whose rows wait for a sync interval. Keyed as the table orders its rows, so a reader
+/// can merge them in. Changes nothing: a server may be writing meanwhile.
+fn journal_tail(
+    tx: &Connection,
+    journal: &mut Journal,
+    experiment: Option<&str>,
+) -> Result<BTreeMap<(String, u64), LogRecord>, StoreError> {
+    let from = recorded_journal_position(tx)?;
+    let mut live = LiveExperiments::default();
+    let mut framed = Vec::new();
+    journal.scan::<StoreError>(from, &mut |payload, at| {
+        let record: LogRecord = rmp_serde::from_slice(payload).map_err(|e| StoreError::Corrupt {
+            id: format!("journal segment {}", at.file),
+            reason: format!("a frame's record does not decode: {e}"),
+        })?;
+        let wanted = experiment.is_none_or(|id| id == record.experiment_id);
+        if wanted && live.contains(tx, &record.experiment_id)? {
+            framed.push((record, at));
+        }
+        Ok(())
+    })?;
+    let mut tail = BTreeMap::new();
+    for (mut record, at) in framed {
+        if let LogEntry::Decision(decision) = &mut record.entry {
+            let corrupt = |reason: String| StoreError::Corrupt { id: record.experiment_id.clone(), reason };
+            let bytes = journal.read(at).map_err(|e| corrupt(format!("log record {}: {e}", record.sequence)))?;
+            decision.features = decode_logged_features(&bytes, decision.features_f32)
+                .ok_or_else(|| corrupt(format!("log record {}: bad features", record.sequence)))?;
+        }
+        tail.insert((record.experiment_id.clone(), record.sequence), record);
+    }
+    Ok(tail)
+}
+
+/// Inserts the journal's frames after the recorded position into the log table (records whose rows did not
+/// reach the database before a crash or a failed commit), records the new position, and commits durably.
+fn replay_journal(connection: &mut Connection, journal: &mut Journal) -> Result<(), StoreError> {
+    let from = recorded_journal_position(connection)?;
     let tx = connection.transaction()?;
     let mut replayed = 0_u64;
     let end = {
@@ -1929,6 +1988,63 @@ mod tests {
     }
 
     #[test]
+    fn a_reader_sees_the_journal_tail_a_crash_kept_out_of_the_table() {
+        // After a crash the journal holds records whose rows never committed; `safebet log` (read-only, no
+        // replay) must show them, merged in order, each once, and none of a deleted experiment.
+        let dir = tempfile::tempdir().unwrap();
+        let of = |id: &str, mut record: LogRecord| {
+            record.experiment_id = id.into();
+            record
+        };
+        let first = [of("a", decision(1, vec![1.0, 2.0])), of("b", decision(1, vec![3.0])), of("c", reward(1, 1, 0.1))];
+        let second = [
+            of("a", decision_f32(2, vec![0.1, -0.0])),
+            of("b", reward(2, 1, 0.5)),
+            of("a", reward(3, 2, 0.25)),
+            of("c", reward(2, 1, 0.2)),
+        ];
+        {
+            let store = SqliteStore::open(dir.path()).unwrap();
+            for id in ["a", "b", "c"] {
+                store.save_definition(&def(id)).unwrap();
+            }
+            store.commit(&first.clone().map(Write::Log)).unwrap();
+            let after_first = journal_position(&store);
+            store.commit(&second.clone().map(Write::Log)).unwrap();
+            store.delete_experiment("c").unwrap();
+            // The crash: the second group's rows and position lost, except a:3's row (a row and its frame
+            // both kept, as after a failed commit's replay).
+            let connection = store.connection().unwrap();
+            connection.execute("DELETE FROM log WHERE (experiment_id, sequence) IN (('a', 2), ('b', 2))", []).unwrap();
+            connection
+                .execute("UPDATE journal SET file = ?1, offset = ?2", params![after_first.0, after_first.1])
+                .unwrap();
+        }
+        let reader = SqliteStore::open_read_only(dir.path()).unwrap();
+        let read = |experiment: Option<&str>| {
+            let mut records = Vec::new();
+            reader
+                .read_log(experiment, &mut |record| {
+                    records.push(record);
+                    Ok(())
+                })
+                .unwrap();
+            records
+        };
+        let (a, b) =
+            (vec![first[0].clone(), second[0].clone(), second[2].clone()], vec![first[1].clone(), second[1].clone()]);
+        assert_eq!(read(Some("a")), a, "features bit for bit, the kept row once");
+        assert_eq!(read(Some("b")), b);
+        assert_eq!(read(None), [a.clone(), b.clone()].concat(), "ordered by experiment then sequence");
+        assert_eq!(read(Some("c")), vec![], "a deleted experiment's frames stay out");
+        // The reader changed nothing: a writable open replays the same records into the table.
+        drop(reader);
+        let store = SqliteStore::open(dir.path()).unwrap();
+        assert_eq!(store.load_experiment("a").unwrap().unwrap().log, a);
+        assert_eq!(store.load_experiment("b").unwrap().unwrap().log, b);
+    }
+
+    #[test]
     fn log_records_answered_before_their_rows_failed_to_insert_are_kept() {
         // The journal thread answers a group's callers the moment its frames are synced, while the rows are
         // still being inserted. If an insert then fails (disk full, a constraint), the callers have heard
@@ -2052,7 +2168,8 @@ mod tests {
     #[test]
     fn a_read_only_store_reads_what_the_database_holds_and_changes_nothing() {
         // What `safebet log` sees beside a running server: rows not committed yet (their frames at the
-        // journal's end, maybe half written). Replaying or cutting them there would race the server.
+        // journal's end, maybe half written). Replaying or cutting them there would race the server; the
+        // reader merges the intact frames in memory and stops at the torn one.
         let dir = tempfile::tempdir().unwrap();
         {
             let store = SqliteStore::open(dir.path()).unwrap();
@@ -2077,7 +2194,11 @@ mod tests {
                 Ok(())
             })
             .unwrap();
-        assert_eq!(read, [decision(1, vec![1.0, 2.0])], "the committed rows, features included");
+        assert_eq!(
+            read,
+            [decision(1, vec![1.0, 2.0]), decision(2, vec![3.0])],
+            "the committed row and the journal's intact tail, features included"
+        );
         assert!(reader.save_definition(&def("b")).is_err(), "it cannot write");
         drop(reader);
         assert_eq!(std::fs::read(&segment).unwrap(), bytes, "the journal's tail is left as it is");
