@@ -86,6 +86,11 @@ pub fn remove_older(dir: &Path, experiment_id: &str, sequence: Option<u64>) {
     });
 }
 
+/// Whether `experiment_id`'s state at `sequence` is in a file of `dir`.
+pub fn is_staged(dir: &Path, experiment_id: &str, sequence: u64) -> bool {
+    dir.join(file_name(experiment_id, sequence)).exists()
+}
+
 /// Removes every file (and leftover temporary file) that no stored state references: written for a
 /// snapshot whose commit never happened (a crash, a failed commit), or replaced before it could be removed.
 pub fn remove_unreferenced<'a>(dir: &Path, stored_states: impl IntoIterator<Item = &'a [u8]>) {

@@ -1041,7 +1041,16 @@ impl Store for SqliteStore {
     }
 
     fn snapshot_committed(&self, experiment_id: &str, sequence: u64) {
-        snapshot_files::remove_older(&self.snapshots_dir(), experiment_id, Some(sequence));
+        let dir = self.snapshots_dir();
+        snapshot_files::remove_older(&dir, experiment_id, Some(sequence));
+        // Deleted while the file was being written (after the deletion removed the experiment's files): the
+        // row was not inserted, so the file is nobody's.
+        if snapshot_files::is_staged(&dir, experiment_id, sequence) {
+            let exists = self.connection().and_then(|c| LiveExperiments::default().contains(&c, experiment_id));
+            if matches!(exists, Ok(false)) {
+                snapshot_files::remove_older(&dir, experiment_id, None);
+            }
+        }
     }
 
     fn probe(&self) -> Result<(), StoreError> {
@@ -1231,7 +1240,7 @@ fn journal_tail(
 fn replay_journal(connection: &mut Connection, journal: &mut Journal) -> Result<(), StoreError> {
     let from = recorded_journal_position(connection)?;
     let tx = connection.transaction()?;
-    let mut replayed = 0_u64;
+    let (mut replayed, mut skipped) = (0_u64, 0_u64);
     let end = {
         // A row already there is the same record (its frame and its row were both kept): leave it.
         let mut insert = tx.prepare(&format!("{INSERT_LOG} ON CONFLICT DO NOTHING"))?;
@@ -1244,8 +1253,10 @@ fn replay_journal(connection: &mut Connection, journal: &mut Journal) -> Result<
             let at = matches!(record.entry, LogEntry::Decision(_)).then_some(at);
             if live.contains(&tx, &record.experiment_id)? {
                 insert_record(&mut insert, &record, at)?;
+                replayed += 1;
+            } else {
+                skipped += 1;
             }
-            replayed += 1;
             Ok(())
         })?
     };
@@ -1255,8 +1266,12 @@ fn replay_journal(connection: &mut Connection, journal: &mut Journal) -> Result<
         set_journal_position(&tx, end)?;
     }
     tx.commit()?;
-    if replayed > 0 {
-        tracing::warn!(records = replayed, "replayed log records from the journal into the database");
+    if replayed > 0 || skipped > 0 {
+        tracing::warn!(
+            records = replayed,
+            of_deleted_experiments = skipped,
+            "replayed log records from the journal into the database (those of deleted experiments left out)"
+        );
     }
     Ok(())
 }
@@ -1660,6 +1675,16 @@ mod tests {
         assert!(matches!(store.load_experiment("a"), Err(StoreError::Corrupt { .. })));
         store.delete_experiment("a").unwrap();
         assert_eq!(count(), 0, "deleting the experiment deletes its files");
+        // Deleted while its snapshot was being staged (the file written after the deletion removed the
+        // experiment's files): the row is dropped, and the file with it.
+        store.save_definition(&def("a")).unwrap();
+        store.delete_experiment("a").unwrap();
+        let staged = store.stage_snapshot(snapshot(20, 5)).unwrap();
+        store.commit(&[Write::Snapshot { snapshot: staged, compact: false }]).unwrap();
+        assert_eq!(count(), 1);
+        store.snapshot_committed("a", 20);
+        assert_eq!(count(), 0, "a late snapshot's file goes with its row");
+        assert!(store.load_experiment("a").unwrap().is_none());
     }
 
     #[test]
