@@ -13,11 +13,11 @@
 //! `repeated double` instead, `--encoding f32` as little-endian floats (`features_f32_le`). By default every decision goes through the durable decision log (group commit,
 //! fsync) in a temporary directory under `--data-dir DIR` (default `.`); `--store memory` logs nothing, to
 //! measure what durability costs; `--sync-interval-ms MS` acknowledges log records once written and syncs
-//! them every MS ms (`safebet serve --sync-interval-ms`). `--timeline FILE` writes the open loop's every
+//! them every MS ms (`safebet serve --sync-interval-ms`). `--timeline FILE` writes the open loop's (or the batch loop's) every
 //! request (due time, latency; CSV) to see when the slow ones happened; `--server-threads N` /
 //! `--client-threads N` (default 2 each); `--snapshot-interval-s S` snapshots every S s instead of every 30 s
 //! (each snapshot encodes the experiment's pending decisions); `--f32` creates the experiment with `feature_precision` F32 (features
-//! rounded on arrival, logged as floats).
+//! rounded on arrival, logged as floats); `--batches-in-flight N` (default 8) for the batch loop.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,6 +36,7 @@ const DIM: usize = 32;
 const ACTIONS: usize = 16;
 const IN_FLIGHT: usize = 64;
 const BATCH: usize = 100;
+/// Batches in flight by default (`--batches-in-flight N`).
 const BATCHES_IN_FLIGHT: usize = 8;
 const OPEN_LOOP_RATE: f64 = 20_000.0;
 const CONNECTIONS: usize = 4;
@@ -261,17 +262,21 @@ async fn unary_open_loop(
     Measured { decisions: latencies.len() as u64, elapsed, latencies, cpu }
 }
 
+/// With `timeline`, writes every measured batch's send time and latency there (CSV, milliseconds since the
+/// measurement began).
 async fn batch_closed_loop(
     channels: &[Channel],
     pool: Arc<Vec<pb::DecideRequest>>,
     run: Duration,
     warmup: Duration,
+    timeline: Option<&str>,
+    in_flight: usize,
 ) -> Measured {
     let start = Instant::now();
     let measure_from = start + warmup;
     let until = measure_from + run;
     let mut tasks = Vec::new();
-    for task in 0..BATCHES_IN_FLIGHT {
+    for task in 0..in_flight {
         let mut client = DecisionServiceClient::new(channels[task % channels.len()].clone());
         let pool = pool.clone();
         tasks.push(tokio::spawn(async move {
@@ -286,18 +291,27 @@ async fn batch_closed_loop(
                 let answer = client.decide_batch(pb::DecideBatchRequest { requests }).await.expect("batch");
                 assert_eq!(answer.get_ref().results.len(), BATCH);
                 if sent >= measure_from {
-                    latencies.push(sent.elapsed().as_nanos() as u64);
+                    latencies.push(((sent - measure_from).as_nanos() as u64, sent.elapsed().as_nanos() as u64));
                 }
-                i += BATCH * BATCHES_IN_FLIGHT;
+                i += BATCH * in_flight;
             }
             latencies
         }));
     }
     let cpu = cpu_between(measure_from, until).await;
-    let mut latencies = Vec::new();
+    let mut timed = Vec::new();
     for task in tasks {
-        latencies.extend(task.await.unwrap());
+        timed.extend(task.await.unwrap());
     }
+    if let Some(path) = timeline {
+        timed.sort_unstable();
+        let mut csv = String::from("sent_ms,latency_ms\n");
+        for (sent, latency) in &timed {
+            csv.push_str(&format!("{:.3},{:.3}\n", *sent as f64 / 1e6, *latency as f64 / 1e6));
+        }
+        std::fs::write(path, csv).expect("writing the timeline");
+    }
+    let latencies: Vec<u64> = timed.into_iter().map(|(_, latency)| latency).collect();
     Measured { decisions: latencies.len() as u64 * BATCH as u64, elapsed: run, latencies, cpu }
 }
 
@@ -330,6 +344,10 @@ fn main() {
     let snapshot_interval_s = option("--snapshot-interval-s").and_then(|s| s.parse::<f64>().ok()).filter(|&s| s > 0.0);
     // `--f32`: the experiment keeps its features as f32 (feature_precision F32: half the log).
     let features_f32 = args.iter().any(|a| a == "--f32");
+    let batches_in_flight = option("--batches-in-flight")
+        .and_then(|s| s.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(BATCHES_IN_FLIGHT);
     let server_runtime = runtime("server", server_threads);
     let listener = server_runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind loopback");
     let address = listener.local_addr().unwrap();
@@ -437,9 +455,9 @@ fn main() {
             tokio::time::sleep(settle).await;
         }
         if wanted("batch") {
-            batch_closed_loop(&channels, pool.clone(), run, warmup)
+            batch_closed_loop(&channels, pool.clone(), run, warmup, timeline.as_deref(), batches_in_flight)
                 .await
-                .print(&format!("DecideBatch of {BATCH}, closed loop, {BATCHES_IN_FLIGHT} in flight"), "batch");
+                .print(&format!("DecideBatch of {BATCH}, closed loop, {batches_in_flight} in flight"), "batch");
         }
     });
     let _ = stop.send(());

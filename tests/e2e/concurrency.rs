@@ -179,3 +179,70 @@ async fn futures_channels(server: &TestServer, n: usize) -> Vec<tonic::transport
     }
     channels
 }
+
+/// A `DecideBatch` decides each run of items for one experiment under one hold of its lock: its answers must
+/// be exactly those the same requests get one `Decide` at a time on a twin experiment, across runs longer
+/// than one hold, a bad item inside a run (it fails alone and takes no sequence), another experiment's items
+/// between runs and an idempotent retry inside the batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_decides_as_its_items_would_one_by_one() {
+    let server = TestServer::start().await;
+    let mut admin = server.admin().await;
+    let spec = pb::ExperimentSpec { seed: Some(3), ..shared_spec(pb::Algorithm::Clucb, 4) };
+    for id in ["batched", "twin", "other"] {
+        create(&mut admin, id, spec.clone()).await;
+    }
+    let mut d = pb::decision_service_client::DecisionServiceClient::new(server.channel().await);
+    let mut stream = Stream::new(11);
+    let for_experiment = |mut request: pb::DecideRequest, id: &str| {
+        request.experiment_id = id.into();
+        request
+    };
+    for round in 0..3 {
+        // 90 items: 40 for `batched`, a NaN one, 39 more (the 20th with a client event id that the last
+        // repeats), 3 for `other`, then 7 for `batched` again.
+        let mut items: Vec<pb::DecideRequest> = (0..90)
+            .map(|i| {
+                let id = if (80..83).contains(&i) { "other" } else { "batched" };
+                request(id, &spec, &mut stream)
+            })
+            .collect();
+        if let Some(Actions::PerAction(p)) = &mut items[40].actions {
+            p.features[3] = f64::NAN;
+        }
+        items[60].client_event_id = format!("retry-{round}");
+        items[79] = items[60].clone();
+        let results =
+            d.decide_batch(pb::DecideBatchRequest { requests: items.clone() }).await.unwrap().into_inner().results;
+        assert_eq!(results.len(), items.len());
+        let mut rewards = Vec::new();
+        for (i, (item, result)) in items.iter().zip(results).enumerate() {
+            let batched = match result.outcome {
+                Some(pb::decide_result::Outcome::Decision(answer)) => answer,
+                Some(pb::decide_result::Outcome::Error(e)) if i == 40 => {
+                    assert_eq!(e.code, tonic::Code::InvalidArgument as i32, "{}", e.message);
+                    continue;
+                }
+                other => panic!("round {round}, item {i}: {other:?}"),
+            };
+            if item.experiment_id != "batched" {
+                continue;
+            }
+            let alone = d.decide(for_experiment(item.clone(), "twin")).await.unwrap().into_inner();
+            assert_eq!(batched, alone, "round {round}, item {i}: the batch answered otherwise than Decide");
+            if i != 79 {
+                rewards.push((batched.event_id, stream.uniform()));
+            }
+        }
+        // The same rewards for both, so the next round decides with a model that learned.
+        for (event_id, value) in rewards {
+            for id in ["batched", "twin"] {
+                d.reward(reward(id, &event_id, value)).await.unwrap();
+            }
+        }
+    }
+    let (batched, twin) = (report(&mut admin, "batched").await, report(&mut admin, "twin").await);
+    assert_eq!((batched.decisions, batched.rewards_received), (twin.decisions, twin.rewards_received));
+    assert_eq!(batched.decisions, 3 * 85, "85 decisions a round: the NaN item and the retry decide nothing");
+    assert_eq!(batched.cumulative_reward.to_bits(), twin.cumulative_reward.to_bits());
+}

@@ -45,6 +45,44 @@ impl DecisionApi {
         Ok((to_response(answer), commit))
     }
 
+    /// Decides `items`, all for one experiment, in order, appending each one's outcome to `decided`: those
+    /// that parse are decided as one run ([`Experiment::decide_run`]), the others answered with their error.
+    fn decide_run(
+        &self,
+        items: &[pb::DecideRequest],
+        cached: &mut Option<Arc<Experiment>>,
+        now: Instant,
+        decided: &mut Vec<Result<(pb::DecideResponse, Commit), ServiceError>>,
+    ) {
+        let experiment = match self.experiment(&items[0].experiment_id, cached) {
+            Ok(experiment) if items.len() > 1 => experiment,
+            // One item, or an unknown experiment (each item gets its own error).
+            _ => {
+                decided.extend(items.iter().map(|item| self.decide_one(item, cached, now)));
+                return;
+            }
+        };
+        let limits = self.registry.limits();
+        let mut scratches = vec![Vec::new(); items.len()];
+        let mut inputs = Vec::with_capacity(items.len());
+        // Per item: parsed (and so decided in the run, in order), or why not.
+        let mut parsed = Vec::with_capacity(items.len());
+        for (item, scratch) in items.iter().zip(&mut scratches) {
+            match decide_input(&experiment, item, limits, scratch) {
+                Ok(input) => {
+                    inputs.push(input);
+                    parsed.push(Ok(()));
+                }
+                Err(e) => parsed.push(Err(e)),
+            }
+        }
+        let mut outcomes = experiment.decide_run(&inputs, limits, now).into_iter();
+        for item in parsed {
+            let outcome = item.and_then(|()| outcomes.next().expect("one outcome per parsed item"));
+            decided.push(outcome.map(|(answer, commit)| (to_response(answer), commit)));
+        }
+    }
+
     /// Applies one reward; the answer may be given once the commit resolves.
     fn reward_one(
         &self,
@@ -124,8 +162,17 @@ impl pb::decision_service_server::DecisionService for DecisionApi {
             self.check_batch("decisions", request.requests.len())?;
             let now = Instant::now();
             let mut cached = None;
-            // Decide every item first, then wait for their commits: they share one group commit.
-            let decided: Vec<_> = request.requests.iter().map(|item| self.decide_one(item, &mut cached, now)).collect();
+            // Decide every item first, then wait for their commits: they share one group commit. Consecutive
+            // items for one experiment are decided as a run (its lock taken once per run, not per item).
+            let items = &request.requests;
+            let mut decided = Vec::with_capacity(items.len());
+            let mut start = 0;
+            while start < items.len() {
+                let id = &items[start].experiment_id;
+                let end = start + items[start..].iter().take_while(|item| item.experiment_id == *id).count();
+                self.decide_run(&items[start..end], &mut cached, now, &mut decided);
+                start = end;
+            }
             let mut results = Vec::with_capacity(decided.len());
             for outcome in decided {
                 results.push(pb::DecideResult {
