@@ -33,6 +33,7 @@
 #![deny(missing_docs)]
 
 mod actions;
+mod book;
 mod config;
 mod drift;
 mod error;

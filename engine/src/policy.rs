@@ -1,14 +1,13 @@
 //! A policy: a base learner over a confidence model, optionally wrapped in the safety layer, plus the book of
 //! decisions whose rewards have not arrived yet.
 
-use std::collections::HashMap;
-use std::hash::BuildHasherDefault;
 use std::sync::Arc;
 
 use rand::{RngExt, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use serde::{Deserialize, Serialize};
 
+use crate::book::PendingBook;
 use crate::drift::{DriftAlarm, DriftGuard};
 use crate::error::finite;
 use crate::model::{Model, RoundValues};
@@ -123,8 +122,6 @@ enum Proposer {
     EpsilonGreedy { epsilon: f64 },
 }
 
-type DeterministicHasher = BuildHasherDefault<std::collections::hash_map::DefaultHasher>;
-
 /// A decision waiting for its reward, with what learning from it needs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct PendingDecision {
@@ -143,7 +140,7 @@ pub struct Policy {
     ledger: Option<BudgetLedger>,
     drift: Option<DriftGuard>,
     #[serde(with = "sorted_pending")]
-    pending: HashMap<DecisionId, PendingDecision, DeterministicHasher>,
+    pending: PendingBook<PendingDecision>,
     rng: Xoshiro256PlusPlus,
     /// A separate stream for propensity estimates, so that how many samples are drawn never changes the
     /// decisions themselves.
@@ -189,7 +186,7 @@ impl Policy {
             proposer,
             ledger,
             drift: config.drift_guard.map(DriftGuard::new),
-            pending: HashMap::default(),
+            pending: PendingBook::default(),
             rng: Xoshiro256PlusPlus::seed_from_u64(config.seed),
             propensity_rng: Xoshiro256PlusPlus::seed_from_u64(config.seed ^ 0x9e37_79b9_7f4a_7c15),
             next_id: 0,
@@ -213,8 +210,8 @@ impl Policy {
             Layout::Disjoint { dim, actions } => (dim, actions),
             Layout::Arms { actions } => (0, actions),
         };
-        for (id, pending) in &self.pending {
-            if *id >= self.next_id
+        for (id, pending) in self.pending.iter() {
+            if id >= self.next_id
                 || pending.action >= actions
                 || pending.features.len() != features
                 || !pending.features.iter().all(|v| v.is_finite())
@@ -285,9 +282,7 @@ impl Policy {
 
     /// Ids of the decisions still waiting for a reward, in increasing order.
     pub fn pending_ids(&self) -> Vec<DecisionId> {
-        let mut ids: Vec<_> = self.pending.keys().copied().collect();
-        ids.sort_unstable();
-        ids
+        self.pending.sorted().into_iter().map(|(id, _)| id).collect()
     }
 
     /// Changes the risk budget. The constraint then holds with the new alpha over the whole history.
@@ -493,7 +488,7 @@ impl Policy {
     fn check_pending(&self, id: DecisionId) -> Result<(), EngineError> {
         if id >= self.next_id {
             Err(EngineError::UnknownDecision(id))
-        } else if !self.pending.contains_key(&id) {
+        } else if !self.pending.contains(id) {
             Err(EngineError::AlreadyResolved(id))
         } else {
             Ok(())
@@ -525,7 +520,7 @@ impl Policy {
     }
 
     fn learn(&mut self, id: DecisionId, reward: Option<f64>) {
-        let Some(decision) = self.pending.remove(&id) else { return };
+        let Some(decision) = self.pending.remove(id) else { return };
         if let Some(reward) = reward {
             let residual = self.model.learn(&decision.features, decision.action, reward);
             self.stats.rewards += 1;
@@ -557,18 +552,11 @@ mod sorted_pending {
     use super::*;
     use serde::{Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(
-        map: &HashMap<DecisionId, PendingDecision, DeterministicHasher>,
-        serializer: S,
-    ) -> Result<S::Ok, S::Error> {
-        let mut entries: Vec<_> = map.iter().collect();
-        entries.sort_unstable_by_key(|(id, _)| **id);
-        serializer.collect_seq(entries)
+    pub fn serialize<S: Serializer>(book: &PendingBook<PendingDecision>, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(book.sorted())
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(
-        deserializer: D,
-    ) -> Result<HashMap<DecisionId, PendingDecision, DeterministicHasher>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<PendingBook<PendingDecision>, D::Error> {
         let entries: Vec<(DecisionId, PendingDecision)> = Vec::deserialize(deserializer)?;
         Ok(entries.into_iter().collect())
     }
