@@ -116,15 +116,14 @@ impl<V> PendingBook<V> {
             self.trim_front();
             self.migrate_sparse_front();
         }
-        let at = (chunk - self.first_chunk) as usize;
-        let spare = &mut self.spare;
-        let block = self.chunks[at].get_or_insert_with(|| spare.take().unwrap_or_else(Chunk::new));
+        let block = self.chunk_at((chunk - self.first_chunk) as usize);
         let slot = &mut block.slots[id as usize % CHUNK];
-        if slot.is_none() {
+        let added = slot.is_none();
+        *slot = Some(value);
+        if added {
             block.live += 1;
             self.len += 1;
         }
-        *slot = Some(value);
     }
 
     /// Moves the outliers the window now covers into it (rare: only ids inserted far ahead of the others).
@@ -134,14 +133,25 @@ impl<V> PendingBook<V> {
         let covered: Vec<u64> = self.outliers.keys().copied().filter(|id| (start..end).contains(id)).collect();
         for id in covered {
             if let Some(value) = self.outliers.remove(&id) {
-                let at = (id / CHUNK as u64 - self.first_chunk) as usize;
-                let spare = &mut self.spare;
-                let block = self.chunks[at].get_or_insert_with(|| spare.take().unwrap_or_else(Chunk::new));
+                let block = self.chunk_at((id / CHUNK as u64 - self.first_chunk) as usize);
                 block.slots[id as usize % CHUNK] = Some(value);
                 block.live += 1;
             }
         }
         self.outliers_ahead = self.outliers.keys().any(|&id| id >= end);
+    }
+
+    /// The chunk at window position `at`, the spare (or a new one) put there if it has none.
+    fn chunk_at(&mut self, at: usize) -> &mut Chunk<V> {
+        let spare = &mut self.spare;
+        self.chunks[at].get_or_insert_with(|| spare.take().unwrap_or_else(Chunk::new))
+    }
+
+    /// Keeps an emptied chunk as the spare, if there is none yet.
+    fn recycle(&mut self, block: Option<Box<Chunk<V>>>) {
+        if self.spare.is_none() {
+            self.spare = block;
+        }
     }
 
     /// Takes the entry of `id` out.
@@ -158,9 +168,7 @@ impl<V> PendingBook<V> {
         // An emptied chunk goes (kept as the spare), unless it is the last: new ids land there next.
         if block.live == 0 && at + 1 < self.chunks.len() {
             let emptied = self.chunks[at].take();
-            if self.spare.is_none() {
-                self.spare = emptied;
-            }
+            self.recycle(emptied);
             self.trim_front();
         }
         Some(value)
@@ -171,11 +179,8 @@ impl<V> PendingBook<V> {
         while self.chunks.len() > 1
             && self.chunks.front().is_some_and(|front| front.as_ref().is_none_or(|b| b.live == 0))
         {
-            if let Some(Some(block)) = self.chunks.pop_front()
-                && self.spare.is_none()
-            {
-                self.spare = Some(block);
-            }
+            let front = self.chunks.pop_front().flatten();
+            self.recycle(front);
             self.first_chunk += 1;
         }
     }
@@ -200,9 +205,7 @@ impl<V> PendingBook<V> {
                     }
                 }
                 block.live = 0;
-                if self.spare.is_none() {
-                    self.spare = Some(block);
-                }
+                self.recycle(Some(block));
             }
             self.first_chunk += 1;
         }
